@@ -1,0 +1,157 @@
+"""Command line: `python -m sdkit COMMAND ...`. Training flags are generated from TrainConfig's fields.
+
+    python -m sdkit make-tiny DIR
+    python -m sdkit train --model mini --data DIR --method lora --steps 300 --out runs/x [--resume latest]
+    python -m sdkit train --config runs/x/config.yaml --steps 600 --resume latest
+    python -m sdkit show RUN                 # writes RUN/loss.png and prints a summary
+    python -m sdkit quickstart               # the README's main job
+    accelerate launch --multi_gpu --num_processes 2 -m sdkit train ...   # data-parallel (GPUs, or CPUs over gloo)
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+
+from .config import ConfigError, TrainConfig
+
+__all__ = ["main", "add_config_flags", "config_from_args"]
+
+
+def _none_or(kind):
+    def parse(text):
+        return None if text.lower() in ("none", "") else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls=TrainConfig):
+    """One flag per config field: --field-name, with the field's help; defaults come from --config or the class."""
+    hints = typing.get_type_hints(cls)
+    groups = {}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        hint = hints[f.name]
+        optional = typing.get_origin(hint) is typing.Union
+        if optional:
+            hint = [a for a in typing.get_args(hint) if a is not type(None)][0]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{meta['help']} (default: {default!r})"
+        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
+        flag = "--" + f.name.replace("_", "-")
+        if hint is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(hint) in (list, typing.List):
+            group.add_argument(flag, nargs="*", type=typing.get_args(hint)[0], metavar="VALUE", **kwargs)
+        else:
+            choices = [c for c in (meta.get("choices") or []) if c is not None] or None
+            group.add_argument(flag, type=_none_or(hint) if optional else hint, choices=choices,
+                               metavar=f.name.upper() if not choices else None, **kwargs)
+    return parser
+
+
+def config_from_args(args, cls=TrainConfig):
+    base = cls.from_yaml(args.config) if getattr(args, "config", None) else cls()
+    names = {f.name for f in dataclasses.fields(cls)}
+    changes = {k: v for k, v in vars(args).items() if k in names}
+    return dataclasses.replace(base, **changes)
+
+
+def _cmd_train(args):
+    import os
+    from . import train
+    config = config_from_args(args)
+    run = train(config, progress="bar" if sys.stderr.isatty() else "print")
+    if int(os.environ.get("RANK", "0")) == 0:
+        from .plot import save_loss_plot
+        plot = save_loss_plot(run)
+        print(f"run directory: {run.path}")
+        print(f"  samples:     {run.path / 'samples'} (grid at {run.grid()})")
+        print(f"  loss plot:   {plot}")
+        print(f"  checkpoints: {', '.join(p.name for p in run.checkpoints) or 'none'}")
+        if run.stopped_early:
+            print(f"stopped early at step {run.final_step}: continue with --out {run.path} --resume latest")
+    return 0
+
+
+def _cmd_make_tiny(args):
+    from .models import make_tiny
+    path = make_tiny(args.dir, seed=args.seed)
+    print(f"tiny pipeline written to {path}; load it with StableDiffusionPipeline.from_pretrained({str(path)!r})")
+    return 0
+
+
+def _cmd_show(args):
+    from .plot import save_loss_plot
+    from .run import Run
+    run = Run(args.run)
+    plot = save_loss_plot(run)
+    m = run.metrics
+    print(f"{run.path}: {len(m)} logged steps, last step {run.final_step}, "
+          f"loss {m[-1]['loss']:.4f}" if m else f"{run.path}: no steps logged yet")
+    print(f"loss plot: {plot}")
+    for step, paths in run.samples.items():
+        print(f"samples at step {step}: {len(paths)} images ({run.grid(step)})")
+    print("checkpoints: " + (", ".join(p.name for p in run.checkpoints) or "none"))
+    return 0
+
+
+def _cmd_quickstart(args):
+    from .quickstart import quickstart
+    quickstart(out=args.out, steps=args.steps)
+    return 0
+
+
+def _cmd_docs(args):
+    from .docs import write_config_reference
+    path = write_config_reference(args.out)
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m sdkit", description="sdkit: train Stable Diffusion "
+                                     "(LoRA, full) on one loop; see README.md.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (flags = config fields; see docs/CONFIG.md)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", help="YAML config (e.g. a run's config.yaml); flags given override it")
+    add_config_flags(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("make-tiny", help="write a tiny random SD pipeline (for tests) with save_pretrained")
+    p.add_argument("dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_make_tiny)
+
+    p = sub.add_parser("show", help="summarise a run directory and write RUN/loss.png")
+    p.add_argument("run")
+    p.set_defaults(func=_cmd_show)
+
+    p = sub.add_parser("quickstart", help="the README's main job: a short real LoRA training, offline")
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--steps", type=int, default=None)
+    p.set_defaults(func=_cmd_quickstart)
+
+    p = sub.add_parser("docs", help="regenerate docs/CONFIG.md from the config dataclass")
+    p.add_argument("--out", default="docs/CONFIG.md")
+    p.set_defaults(func=_cmd_docs)
+    return parser
+
+
+def main(argv=None) -> int:
+    from .data import DataError
+    from .models import ModelNotFound
+    from .train import TrainingError
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, ModelNotFound, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"training stopped: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,273 @@
+"""Run configuration: one dataclass, plain data, round-tripped to YAML.
+
+Every field carries its help text and its group in ``metadata``; the CLI flags (``sdkit.cli``), the notebook
+form (``sdkit.ui``) and docs/CONFIG.md are all generated from these fields, so nothing is written twice.
+``validate()`` raises a :class:`ConfigError` that names the field, says what was expected and how to fix it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+__all__ = ["TrainConfig", "LoRAConfig", "FullConfig", "ConfigError", "GROUPS", "RECORDED_KEYS"]
+
+# Groups, in the order the form and the docs show them.
+GROUPS = ("model", "data", "method", "optimiser", "saving", "sampling")
+
+# Keys a run writes into its config.yaml for the record (not settable; accepted and ignored when read back).
+RECORDED_KEYS = {
+    "num_processes": "number of processes the run used (accelerate launch --num_processes)",
+    "global_batch_size": "images per optimiser step = batch_size x num_processes x grad_accum",
+    "sdkit_version": "version of sdkit that wrote the file",
+}
+
+
+class ConfigError(ValueError):
+    """A config value is wrong. The message names the field, what was expected and the fix."""
+
+
+def _f(default, help: str, group: str, choices=None, min=None, max=None, widget=None):
+    """A dataclass field with help text, group and (optional) allowed values / range for the form and CLI."""
+    meta = {"help": help, "group": group, "choices": choices, "min": min, "max": max, "widget": widget}
+    if isinstance(default, list):
+        return field(default_factory=lambda d=default: list(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs. Defaults are safe on a 16 GB T4 and on a CPU with the mini model."""
+
+    # ---- model ---------------------------------------------------------------------------------------------
+    model: str = _f("mini", "Base pipeline: a preset name (mini, tiny, sd15), a local diffusers folder, or a Hub id.",
+                    "model", widget="path")
+    revision: typing.Optional[str] = _f(None, "Hub revision (branch, tag or commit) when `model` is a Hub id.", "model")
+    # ---- data ----------------------------------------------------------------------------------------------
+    data: str = _f("", "Folder of training images with sidecar captions (e.g. cat_01.png + cat_01.txt).", "data",
+                   widget="path")
+    caption_ext: str = _f(".txt", "Extension of the sidecar caption files (.txt, .caption, ...).", "data")
+    resolution: typing.Optional[int] = _f(None, "Training resolution in pixels (square). Empty: the model's native "
+                                          "size (512 for SD 1.5, 32 for mini).", "data", min=8, max=2048)
+    center_crop: bool = _f(True, "Centre-crop after resizing (off: random crop).", "data")
+    random_flip: bool = _f(False, "Flip images horizontally at random (off for text, digits or asymmetric subjects).",
+                           "data")
+    caption_dropout: float = _f(0.0, "Probability of training on an empty caption, which teaches classifier-free "
+                                "guidance its unconditional branch.", "data", min=0.0, max=1.0)
+    num_workers: int = _f(0, "Data-loader worker processes (0: load in the training process).", "data", min=0, max=32)
+    # ---- method --------------------------------------------------------------------------------------------
+    method: str = _f("lora", "What trains: lora (small adapters on attention) or full (every UNet weight).", "method",
+                     choices=["lora", "full"])
+    lora_rank: int = _f(4, "LoRA rank (network dim): size of each low-rank update.", "method", min=1, max=256)
+    lora_alpha: typing.Optional[float] = _f(None, "LoRA alpha: the update is scaled by alpha/rank. Empty: alpha = rank "
+                                            "(scale 1).", "method", min=0.0, max=1024.0)
+    lora_dropout: float = _f(0.0, "Dropout on the LoRA branch during training.", "method", min=0.0, max=0.9)
+    lora_targets: str = _f("to_q,to_k,to_v,to_out.0", "Comma-separated module names that get LoRA adapters "
+                           "(UNet attention projections by default).", "method")
+    train_text_encoder: bool = _f(False, "Also train the text encoder (LoRA on its attention for method lora).",
+                                  "method")
+    text_encoder_lr: typing.Optional[float] = _f(None, "Learning rate of the text encoder. Empty: same as lr.",
+                                                 "method", min=0.0, max=1.0)
+    # ---- optimiser -----------------------------------------------------------------------------------------
+    steps: int = _f(500, "Optimiser steps to train (one step = one global batch).", "optimiser", min=1, max=1_000_000)
+    batch_size: int = _f(1, "Images per process per micro-batch.", "optimiser", min=1, max=1024)
+    grad_accum: int = _f(1, "Gradient accumulation: micro-batches summed into one optimiser step.", "optimiser",
+                         min=1, max=1024)
+    lr: float = _f(1e-4, "Learning rate (peak, after warm-up).", "optimiser", min=0.0, max=1.0)
+    lr_scheduler: str = _f("constant", "Learning-rate schedule after warm-up.", "optimiser",
+                           choices=["constant", "constant_with_warmup", "linear", "cosine",
+                                    "cosine_with_restarts", "polynomial"])
+    lr_warmup_steps: int = _f(0, "Steps of linear warm-up from 0 to lr.", "optimiser", min=0, max=1_000_000)
+    optimizer: str = _f("adamw", "adamw (torch), adamw8bit (bitsandbytes, CUDA only: about 1/4 the optimiser "
+                        "memory).", "optimiser", choices=["adamw", "adamw8bit"])
+    weight_decay: float = _f(1e-2, "AdamW weight decay.", "optimiser", min=0.0, max=1.0)
+    adam_beta1: float = _f(0.9, "AdamW beta1.", "optimiser", min=0.0, max=1.0)
+    adam_beta2: float = _f(0.999, "AdamW beta2.", "optimiser", min=0.0, max=1.0)
+    adam_epsilon: float = _f(1e-8, "AdamW epsilon.", "optimiser", min=0.0, max=1.0)
+    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this value (0: no clipping).", "optimiser",
+                              min=0.0, max=1e6)
+    mixed_precision: str = _f("no", "no (fp32), fp16 (T4 and newer GPUs; fp32 master weights kept), bf16 (A100/H100, "
+                              "and CPUs; a T4 has no bf16).", "optimiser", choices=["no", "fp16", "bf16"])
+    seed: int = _f(0, "Seed for data order, noise and timesteps: the same seed gives the same run.", "optimiser",
+                   min=0, max=2**31 - 1)
+    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, ~20-30% "
+                                      "slower.", "optimiser")
+    attention: str = _f("sdpa", "Attention kernel: sdpa (PyTorch's fused attention) or xformers (when installed).",
+                        "optimiser", choices=["sdpa", "xformers"])
+    ema: bool = _f(False, "Keep an exponential moving average of the trained weights (used for samples and export).",
+                   "optimiser")
+    ema_decay: float = _f(0.999, "EMA decay per step.", "optimiser", min=0.0, max=1.0)
+    snr_gamma: typing.Optional[float] = _f(None, "Min-SNR loss weighting gamma (5 is the paper's value). Empty: off.",
+                                           "optimiser", min=0.0, max=100.0)
+    noise_offset: float = _f(0.0, "Noise offset (e.g. 0.05) lets the model learn very dark/bright images.",
+                             "optimiser", min=0.0, max=1.0)
+    prediction_type: typing.Optional[str] = _f(None, "epsilon or v_prediction. Empty: from the model's scheduler "
+                                               "config.", "optimiser", choices=[None, "epsilon", "v_prediction"])
+    # ---- saving --------------------------------------------------------------------------------------------
+    out: typing.Optional[str] = _f(None, "Run directory. Empty: runs/<method>-<date>-<time>.", "saving",
+                                   widget="path")
+    checkpoint_every: int = _f(0, "Write a checkpoint every K steps (0: only at the end).", "saving",
+                               min=0, max=1_000_000)
+    checkpoint_start: int = _f(0, "Save every K steps only from this step on (\"save every X from step Y\").",
+                               "saving", min=0, max=1_000_000)
+    keep_last: int = _f(0, "Keep only the newest N checkpoints (0: keep all).", "saving", min=0, max=10_000)
+    resume: typing.Optional[str] = _f(None, "Continue a run: 'latest' (from `out`'s latest checkpoint) or a "
+                                      "checkpoint folder.", "saving")
+    log_every: int = _f(1, "Log loss and learning rate every N steps.", "saving", min=1, max=100_000)
+    tensorboard: bool = _f(True, "Write TensorBoard events to <run>/tb.", "saving")
+    # ---- sampling ------------------------------------------------------------------------------------------
+    sample_every: int = _f(0, "Draw samples every N steps (0: only at step 0 and at the end).", "sampling",
+                           min=0, max=1_000_000)
+    sample_prompts: typing.List[str] = _f([], "Prompts for samples. Empty: the first two training captions.",
+                                          "sampling")
+    sample_seeds: typing.List[int] = _f([0], "Seeds for samples: each prompt is drawn once per seed.", "sampling")
+    sample_steps: int = _f(25, "Denoising steps per sample.", "sampling", min=1, max=1000)
+    guidance_scale: float = _f(5.0, "Classifier-free guidance scale for samples.", "sampling", min=0.0, max=30.0)
+    negative_prompt: str = _f("", "Negative prompt for samples.", "sampling")
+    sample_at_start: bool = _f(True, "Draw the step-0 baseline before training starts.", "sampling")
+
+    def __post_init__(self):
+        # Paths may be given as pathlib.Path; the config stores plain strings so that YAML stays plain.
+        for name in ("model", "data", "out", "resume"):
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                setattr(self, name, os.fspath(value))
+
+    # ------------------------------------------------------------------------------------------------------
+    def validate(self) -> "TrainConfig":
+        """Check every field; raise ConfigError naming the field, what was expected and the fix. Returns self."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _check_type(f.name, value, hints[f.name])
+            meta = f.metadata
+            if value is None:
+                continue
+            if meta.get("choices") is not None and value not in meta["choices"]:
+                allowed = ", ".join(str(c) for c in meta["choices"] if c is not None)
+                raise ConfigError(f"{f.name}: got {value!r}; expected one of {allowed}. "
+                                  f"Fix: set {f.name} to one of those.")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                lo, hi = meta.get("min"), meta.get("max")
+                if (lo is not None and value < lo) or (hi is not None and value > hi):
+                    raise ConfigError(f"{f.name}: got {value}; expected a value between {lo} and {hi}. "
+                                      f"Fix: {f.metadata['help']}")
+        # ---- relations between fields ----
+        if not self.data:
+            raise ConfigError("data: no training folder given. Fix: set data to a folder of images with "
+                              f"{self.caption_ext} captions (e.g. data='data_samples/glyph').")
+        if not self.caption_ext.startswith("."):
+            raise ConfigError(f"caption_ext: got {self.caption_ext!r}; expected an extension starting with a dot. "
+                              f"Fix: caption_ext='.{self.caption_ext}'.")
+        if self.resolution is not None and self.resolution % 8:
+            raise ConfigError(f"resolution: got {self.resolution}; expected a multiple of 8 (the VAE halves the size "
+                              f"three times). Fix: resolution={max(8, self.resolution // 8 * 8)}.")
+        if self.optimizer == "adamw8bit":
+            import importlib.util
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise ConfigError("optimizer: adamw8bit needs bitsandbytes, which is not installed. "
+                                  "Fix: pip install bitsandbytes (CUDA), or optimizer='adamw'.")
+        if self.attention == "xformers":
+            import importlib.util
+            if importlib.util.find_spec("xformers") is None:
+                raise ConfigError("attention: xformers is not installed. Fix: attention='sdpa' (as fast on "
+                                  "PyTorch >= 2), or pip install xformers.")
+        if self.lr_warmup_steps > self.steps:
+            raise ConfigError(f"lr_warmup_steps: {self.lr_warmup_steps} is more than steps ({self.steps}); "
+                              f"the run would never reach lr. Fix: lr_warmup_steps <= {self.steps}.")
+        if not self.sample_seeds:
+            raise ConfigError("sample_seeds: empty; expected at least one seed. Fix: sample_seeds=[0].")
+        return self
+
+    # ---- conversion ------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, path=None, extra: typing.Optional[dict] = None) -> str:
+        """YAML text of this config (plus recorded `extra` keys); written to `path` when given."""
+        data = self.to_dict()
+        if extra:
+            unknown = set(extra) - set(RECORDED_KEYS)
+            if unknown:
+                raise ValueError(f"not recorded keys: {sorted(unknown)}")
+            data.update(extra)
+        text = "# sdkit run config: `python -m sdkit train --config THIS_FILE` reproduces the run.\n"
+        text += "# global batch = batch_size x num_processes x grad_accum images per optimiser step.\n"
+        text += yaml.safe_dump(data, sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "TrainConfig":
+        """Build from a dict; an unknown key is an error that names it and the closest known keys."""
+        import difflib
+        names = [f.name for f in dataclasses.fields(cls)]
+        kwargs = {}
+        for key, value in (data or {}).items():
+            if key in RECORDED_KEYS:
+                continue
+            if key not in names:
+                close = difflib.get_close_matches(key, names, n=2)
+                hint = f" Did you mean {' or '.join(close)}?" if close else ""
+                raise ConfigError(f"{source}: unknown key {key!r}.{hint} Fix: remove it or use one of the fields "
+                                  f"listed in docs/CONFIG.md.")
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist. Fix: pass the config.yaml of a run "
+                              f"(runs/NAME/config.yaml) or a YAML file you wrote.")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e}).") from None
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of field: value, got {type(data).__name__}.")
+        return cls.from_dict(data or {}, source=str(path))
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def LoRAConfig(**kwargs) -> TrainConfig:
+    """A TrainConfig with method='lora' (the quickstart's spelling: ``sdkit.LoRAConfig(model=..., data=...)``)."""
+    return TrainConfig(**{"method": "lora", **kwargs})
+
+
+def FullConfig(**kwargs) -> TrainConfig:
+    """A TrainConfig with method='full' (every UNet weight trains)."""
+    return TrainConfig(**{"method": "full", **kwargs})
+
+
+def _check_type(name, value, hint):
+    """Raise ConfigError when `value` does not fit the annotation `hint` (int/float/str/bool/Optional/List)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return
+        hint = [a for a in args if a is not type(None)][0]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (list, typing.List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: got {value!r}; expected a list. Fix: {name}=[{value!r}].")
+        for v in value:
+            _check_type(name, v, args[0])
+        return
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, (str, os.PathLike)),
+    }[hint](value)
+    if not ok:
+        raise ConfigError(f"{name}: got {value!r} ({type(value).__name__}); expected {hint.__name__}. "
+                          f"Fix: give {name} a {hint.__name__} value.")

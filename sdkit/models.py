@@ -1,0 +1,148 @@
+"""Models: presets in one place, `load_pipeline`, the offline CLIP tokenizer and tiny pipelines for tests.
+
+The same `from_pretrained` code loads SD 1.5 from the Hub on Colab and the mini / tiny pipelines from local folders.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+__all__ = ["PRESETS", "resolve_model", "load_pipeline", "clip_tokenizer", "make_tiny", "data_samples_dir",
+           "native_resolution", "ModelNotFound"]
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+TOKENIZER_DIR = PACKAGE_DIR / "assets" / "clip_tokenizer"
+
+
+def data_samples_dir() -> Path:
+    """The data_samples/ folder: $SDKIT_DATA_SAMPLES, else the one beside the package (a source checkout)."""
+    env = os.environ.get("SDKIT_DATA_SAMPLES")
+    return Path(env) if env else PACKAGE_DIR.parent / "data_samples"
+
+
+def _tiny_dir() -> Path:
+    return Path(os.environ.get("SDKIT_CACHE", Path.home() / ".cache" / "sdkit")) / "tiny-sd"
+
+
+# Model ids in one place (hosted models disappear: runwayml/stable-diffusion-v1-5 was deleted; this is the mirror).
+PRESETS = {
+    "mini": {"path": lambda: data_samples_dir() / "mini-sd", "resolution": 32,
+             "about": "the mini world's pipeline, shipped in data_samples/mini-sd (offline, CPU-friendly)"},
+    "tiny": {"path": _tiny_dir, "resolution": 32,
+             "about": "a tiny random pipeline (make-tiny), for tests and smoke runs; draws noise"},
+    "sd15": {"path": "stable-diffusion-v1-5/stable-diffusion-v1-5", "resolution": 512,
+             "about": "Stable Diffusion 1.5 (community mirror of runwayml/stable-diffusion-v1-5)"},
+    "sd21-base": {"path": "stabilityai/stable-diffusion-2-1-base", "resolution": 512,
+                  "about": "Stable Diffusion 2.1 base (512 px)"},
+}
+
+
+class ModelNotFound(FileNotFoundError):
+    """The model name is neither a preset, an existing folder, nor a reachable Hub id."""
+
+
+def resolve_model(name_or_path: str) -> str:
+    """Turn a preset name, folder or Hub id into what `from_pretrained` takes; check local paths exist."""
+    name_or_path = os.fspath(name_or_path)
+    if name_or_path in PRESETS:
+        target = PRESETS[name_or_path]["path"]
+        target = target() if callable(target) else target
+        if name_or_path == "tiny" and not Path(target, "model_index.json").is_file():
+            make_tiny(target)
+        if name_or_path == "mini" and not Path(target, "model_index.json").is_file():
+            raise ModelNotFound(f"model 'mini': {target} has no model_index.json. The mini pipeline ships in "
+                                f"data_samples/mini-sd of the sdkit repository; set SDKIT_DATA_SAMPLES to that "
+                                f"data_samples folder, or rebuild it with `python -m sdkit mini build`.")
+        return os.fspath(target)
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        if not (p / "model_index.json").is_file() and not (p / "unet").is_dir():
+            raise ModelNotFound(f"model {p}: the folder exists but is not a diffusers pipeline (no model_index.json). "
+                                f"Fix: point to a folder written by save_pretrained (unet/, vae/, text_encoder/, "
+                                f"tokenizer/, scheduler/), or a single .safetensors via `python -m sdkit convert`.")
+        return os.fspath(p)
+    import re
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", name_or_path):
+        raise ModelNotFound(f"model {name_or_path!r}: no such folder, and not a preset ({', '.join(PRESETS)}) or a "
+                            f"Hub id of the form org/name. Fix: check the path.")
+    return name_or_path  # a Hub id: from_pretrained downloads (or reads the cache when HF_HUB_OFFLINE=1)
+
+
+def native_resolution(pipe) -> int:
+    """The image size a pipeline was trained at: UNet sample size x VAE downsampling factor."""
+    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    return int(pipe.unet.config.sample_size) * factor
+
+
+def load_pipeline(name_or_path: str = "mini", torch_dtype=None, revision=None, device=None):
+    """Load a StableDiffusionPipeline from a preset, folder or Hub id (safety checker off, progress bars quiet)."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+    dlog.disable_progress_bar()
+    tlog.disable_progress_bar()
+    target = resolve_model(name_or_path)
+    kwargs = dict(safety_checker=None, requires_safety_checker=False)
+    if torch_dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype
+    if revision:
+        kwargs["revision"] = revision
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(target, **kwargs)
+    except OSError as e:
+        if Path(target).exists():
+            raise
+        raise ModelNotFound(f"model {target!r} could not be loaded from the Hugging Face Hub ({e.__class__.__name__}: "
+                            f"{str(e).splitlines()[0]}). Offline? Use a local folder or the 'mini' preset; on Colab "
+                            f"check the id (SD 1.5 lives at {PRESETS['sd15']['path']}).") from None
+    pipe.set_progress_bar_config(disable=True)
+    if device is not None:
+        pipe.to(device)
+    return pipe
+
+
+def clip_tokenizer():
+    """The real CLIP BPE tokenizer (49,408 tokens, 77-token context), built offline from sdkit/assets."""
+    from transformers import CLIPTokenizer
+    return CLIPTokenizer.from_pretrained(os.fspath(TOKENIZER_DIR))
+
+
+def make_tiny(out_dir, seed: int = 0, sample_size: int = 16, cross_attention_dim: int = 32):
+    """Write a tiny random Stable Diffusion pipeline (same classes as SD 1.5) with save_pretrained; return the path.
+
+    UNet2DConditionModel (2 blocks, cross-attention), AutoencoderKL (one downsampling: latents = pixels/2),
+    CLIPTextModel (2 layers, real CLIP tokenizer), DDIM scheduler with SD's scaled-linear betas.
+    Native resolution = 2 x sample_size. `StableDiffusionPipeline.from_pretrained(out_dir)` loads it.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    out_dir = Path(out_dir)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=cross_attention_dim,
+        attention_head_dim=4, norm_num_groups=8)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(16, 32), latent_channels=4, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        norm_num_groups=8, sample_size=2 * sample_size)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=cross_attention_dim, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+        pad_token_id=49407, projection_dim=cross_attention_dim))
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    pipe.save_pretrained(tmp)
+    if out_dir.exists():
+        import shutil
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+    return out_dir

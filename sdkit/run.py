@@ -1,0 +1,103 @@
+"""A run directory, read back: config, metrics, samples, checkpoints. The run directory is the only state a run has.
+
+runs/NAME/config.yaml     resolved config (enough to reproduce), plus num_processes and global_batch_size
+runs/NAME/metrics.jsonl   one JSON object per logged step / event
+runs/NAME/tb/             TensorBoard events
+runs/NAME/samples/        step_XXXXXX/p{prompt}_s{seed}.png + grid.png, step 0 first
+runs/NAME/checkpoints/    step_XXXXXX/ (trainable.safetensors + optimizer + state.json), `latest` marker
+runs/NAME/export/         final artefacts
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+__all__ = ["Run"]
+
+
+class Run:
+    """Everything a finished (or stopped, or still running) run wrote. `Run(path)` opens any run directory."""
+
+    def __init__(self, path, stopped_early: bool = False):
+        self.path = Path(path)
+        if not (self.path / "config.yaml").is_file():
+            raise FileNotFoundError(f"{self.path} is not an sdkit run directory (no config.yaml).")
+        self.stopped_early = stopped_early
+
+    def __repr__(self):
+        return f"Run({str(self.path)!r}, step={self.final_step}, checkpoints={len(self.checkpoints)})"
+
+    @property
+    def config(self):
+        from .config import TrainConfig
+        return TrainConfig.from_yaml(self.path / "config.yaml")
+
+    @property
+    def recorded(self) -> dict:
+        """The whole config.yaml, recorded keys (num_processes, global_batch_size, ...) included."""
+        return yaml.safe_load((self.path / "config.yaml").read_text())
+
+    @property
+    def events(self) -> list:
+        p = self.path / "metrics.jsonl"
+        if not p.is_file():
+            return []
+        out = []
+        for line in p.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass  # a line cut by a kill: ignore it
+        return out
+
+    @property
+    def metrics(self) -> list:
+        """Logged training steps (dicts with step, loss, lr, ...), in order; a resumed run's repeats dropped."""
+        by_step = {}
+        for e in self.events:
+            if "event" not in e and "loss" in e:
+                by_step[e["step"]] = e
+        return [by_step[s] for s in sorted(by_step)]
+
+    @property
+    def samples(self) -> dict:
+        """{step: [png paths]} for every sample folder, step 0 first (grids excluded)."""
+        root = self.path / "samples"
+        out = {}
+        if root.is_dir():
+            for d in sorted(root.glob("step_*")):
+                out[int(d.name[5:])] = sorted(p for p in d.glob("*.png") if p.name != "grid.png")
+        return out
+
+    def grid(self, step=None):
+        """Path of the sample grid at `step` (default: the newest)."""
+        steps = sorted(self.samples)
+        if not steps:
+            return None
+        step = steps[-1] if step is None else step
+        return self.path / "samples" / f"step_{step:06d}" / "grid.png"
+
+    @property
+    def checkpoints(self) -> list:
+        from .train.checkpoint import list_checkpoints
+        return list_checkpoints(self.path / "checkpoints")
+
+    @property
+    def latest_checkpoint(self):
+        from .train.checkpoint import find_checkpoint
+        try:
+            return find_checkpoint(self.path, "latest")
+        except FileNotFoundError:
+            return None
+
+    @property
+    def final_step(self) -> int:
+        m = self.metrics
+        return m[-1]["step"] if m else 0
+
+    def load_pipeline(self, checkpoint=None, device="cpu"):
+        """The base pipeline with this run's trained weights (from `checkpoint`, default the latest) applied."""
+        from .train.loop import pipeline_from_checkpoint
+        return pipeline_from_checkpoint(self, checkpoint, device=device)

@@ -1,0 +1,117 @@
+"""Training methods as small strategy objects: which parameters train, how they are saved, what the loss adds.
+
+The loop (sdkit.train.loop) is the same for every method. A method:
+- `setup(unet, text_encoder)` freezes what stays frozen, adds adapters, returns optimiser parameter groups;
+- `state_dict(unet, text_encoder)` / `load_state_dict(...)` give the trainable weights (what a checkpoint holds);
+- `loss(per_sample, batch)` reduces per-sample losses (DreamBooth weighs class images here).
+"""
+from __future__ import annotations
+
+import torch
+
+__all__ = ["Method", "LoRAMethod", "FullMethod", "METHODS", "make_method"]
+
+TEXT_ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+class Method:
+    name = "base"
+
+    def __init__(self, config):
+        self.config = config
+
+    def setup(self, unet, text_encoder) -> list:
+        raise NotImplementedError
+
+    def state_dict(self, unet, text_encoder) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, unet, text_encoder, state: dict) -> None:
+        raise NotImplementedError
+
+    def trains_text_encoder(self) -> bool:
+        return bool(self.config.train_text_encoder)
+
+    def loss(self, per_sample: torch.Tensor, batch: dict) -> torch.Tensor:
+        """per_sample: (batch,) weighted MSE of each sample. Default: their mean."""
+        return per_sample.mean()
+
+    def _groups(self, unet_params, te_params):
+        c = self.config
+        groups = [{"params": unet_params, "lr": c.lr}]
+        if te_params:
+            groups.append({"params": te_params, "lr": c.text_encoder_lr if c.text_encoder_lr is not None else c.lr})
+        return groups
+
+
+def _split(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+class LoRAMethod(Method):
+    """peft LoRA on the UNet's attention projections (and optionally the text encoder's). Base weights stay frozen."""
+    name = "lora"
+
+    def setup(self, unet, text_encoder):
+        from peft import LoraConfig
+        c = self.config
+        unet.requires_grad_(False)
+        text_encoder.requires_grad_(False)
+        alpha = c.lora_alpha if c.lora_alpha is not None else c.lora_rank
+        targets = [t.strip() for t in c.lora_targets.split(",") if t.strip()]
+        unet.add_adapter(LoraConfig(r=c.lora_rank, lora_alpha=alpha, lora_dropout=c.lora_dropout,
+                                    init_lora_weights="gaussian", target_modules=targets))
+        te_params = []
+        if c.train_text_encoder:
+            text_encoder.add_adapter(LoraConfig(r=c.lora_rank, lora_alpha=alpha, lora_dropout=c.lora_dropout,
+                                                init_lora_weights="gaussian",
+                                                target_modules=TEXT_ENCODER_LORA_TARGETS))
+            te_params = [p for p in text_encoder.parameters() if p.requires_grad]
+        unet_params = [p for p in unet.parameters() if p.requires_grad]
+        if not unet_params:
+            from ..config import ConfigError
+            raise ConfigError(f"lora_targets: {c.lora_targets!r} matched no UNet module. Fix: use module names "
+                              f"of the UNet such as to_q,to_k,to_v,to_out.0 (attention) or ff.net.0.proj,ff.net.2.")
+        return self._groups(unet_params, te_params)
+
+    def state_dict(self, unet, text_encoder):
+        from peft.utils import get_peft_model_state_dict
+        state = {f"unet.{k}": v for k, v in get_peft_model_state_dict(unet).items()}
+        if self.config.train_text_encoder:
+            state.update({f"text_encoder.{k}": v for k, v in get_peft_model_state_dict(text_encoder).items()})
+        return state
+
+    def load_state_dict(self, unet, text_encoder, state):
+        from peft.utils import set_peft_model_state_dict
+        set_peft_model_state_dict(unet, _split(state, "unet."))
+        if self.config.train_text_encoder:
+            set_peft_model_state_dict(text_encoder, _split(state, "text_encoder."))
+
+
+class FullMethod(Method):
+    """Every UNet weight trains (and every text-encoder weight with train_text_encoder)."""
+    name = "full"
+
+    def setup(self, unet, text_encoder):
+        unet.requires_grad_(True)
+        text_encoder.requires_grad_(bool(self.config.train_text_encoder))
+        te_params = list(text_encoder.parameters()) if self.config.train_text_encoder else []
+        return self._groups(list(unet.parameters()), te_params)
+
+    def state_dict(self, unet, text_encoder):
+        state = {f"unet.{k}": v for k, v in unet.state_dict().items()}
+        if self.config.train_text_encoder:
+            state.update({f"text_encoder.{k}": v for k, v in text_encoder.state_dict().items()})
+        return state
+
+    def load_state_dict(self, unet, text_encoder, state):
+        unet.load_state_dict(_split(state, "unet."))
+        if self.config.train_text_encoder:
+            text_encoder.load_state_dict(_split(state, "text_encoder."))
+
+
+METHODS = {"lora": LoRAMethod, "full": FullMethod}
+
+
+def make_method(config) -> Method:
+    return METHODS[config.method](config)
