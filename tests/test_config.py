@@ -61,3 +61,10 @@ def test_flags_override_config_file(tmp_path):
     cfg = config_from_args(args)
     assert (cfg.steps, cfg.lr, cfg.center_crop, cfg.sample_prompts, cfg.snr_gamma) == (7, 0.5, False, ["x y", "z"],
                                                                                       None)
+
+
+def test_config_reference_in_docs_is_current():
+    from conftest import ROOT
+    from sdkit.docs import config_reference
+    assert (ROOT / "docs" / "CONFIG.md").read_text() == config_reference(), \
+        "docs/CONFIG.md is stale: run `python -m sdkit docs`"

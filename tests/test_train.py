@@ -190,3 +190,24 @@ def test_refuses_to_overwrite_a_run_without_resume(base_config):
     sdkit.train(base_config.replace(steps=1), progress=None)
     with pytest.raises(sdkit.ConfigError, match="--resume latest"):
         sdkit.train(base_config.replace(steps=1), progress=None)
+
+
+def test_two_cpu_processes_equal_one_process_with_the_global_batch(tiny_model, data8, tmp_path):
+    """accelerate launch --multi_gpu --num_processes 2 on a machine without GPUs: DDP over gloo. Two processes with
+    batch 1 see the same samples as one process with batch 2, so the weights must agree."""
+    common = ["--model", str(tiny_model), "--data", str(data8), "--steps", "3", "--checkpoint-every", "3",
+              "--resolution", "32", "--sample-steps", "2", "--no-tensorboard", "--lr", "1e-3"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    two = tmp_path / "two"
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                        "-m", "sdkit", "train", *common, "--out", str(two)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    run = sdkit.Run(two)
+    assert run.recorded["num_processes"] == 2 and run.recorded["global_batch_size"] == 2
+    assert run.latest_checkpoint.name == "step_000003"
+    one = tmp_path / "one"
+    r = cli("train", *common, "--batch-size", "2", "--out", str(one))
+    assert r.returncode == 0, r.stderr
+    assert max_diff(trained(two, 3), trained(one, 3)) < 1e-5

@@ -15,6 +15,8 @@ __all__ = ["Callback", "ProgressCallback", "MetricsCallback", "TensorBoardCallba
 
 
 class Callback:
+    all_processes = False  # True: also called on non-main processes (for callbacks that start collective work)
+
     def on_train_start(self, trainer): ...
     def on_step_end(self, trainer, logs: dict): ...
     def on_log(self, trainer, logs: dict): ...
@@ -26,6 +28,7 @@ class Callback:
 
 class SampleCallback(Callback):
     """Asks the trainer for samples at step 0 (the baseline), every `sample_every` steps and at the end."""
+    all_processes = True
 
     def on_train_start(self, trainer):
         if trainer.config.sample_at_start and trainer.step == 0:
@@ -43,6 +46,7 @@ class SampleCallback(Callback):
 
 class CheckpointCallback(Callback):
     """Asks for a checkpoint every `checkpoint_every` steps from `checkpoint_start`, and at the end of training."""
+    all_processes = True
 
     def on_step_end(self, trainer, logs):
         c = trainer.config

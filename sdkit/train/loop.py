@@ -112,12 +112,14 @@ class Trainer:
 
     # ---- events ------------------------------------------------------------------------------------------
     def emit(self, hook, *args):
-        if not self.accelerator.is_main_process:
-            return
+        """Call `hook` on every callback: observers on the main process only; the callbacks that act
+        (samples, checkpoints: `all_processes = True`) on every process, since those steps synchronise them."""
+        main = self.accelerator.is_main_process
         # Teardown runs in reverse: final samples and checkpoint first, then the observers close their files.
         order = reversed(self.callbacks) if hook == "on_train_end" else self.callbacks
         for c in order:
-            getattr(c, hook)(self, *args)
+            if main or getattr(c, "all_processes", False):
+                getattr(c, hook)(self, *args)
 
     def message(self, level, text):
         self.emit("on_message", level, text)
