@@ -43,6 +43,26 @@ def load_tokenizer(path=None):
     return CLIPTokenizer.from_pretrained(str(path))
 
 
+def save_tokenizer(out_dir) -> Path:
+    """Save the CLIP tokenizer next to a model in its compact form (vocab.json + merges.txt, 1.5 MB).
+
+    ``tokenizer.save_pretrained`` in transformers 5 writes a 3.6 MB tokenizer.json instead; both load with
+    ``CLIPTokenizer.from_pretrained(out_dir)`` and give the same token ids (checked here).
+    """
+    import shutil
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("tokenizer.json", "special_tokens_map.json"):
+        (out / stale).unlink(missing_ok=True)
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+        shutil.copyfile(TOKENIZER_DIR / name, out / name)
+    probe = ["a red seven on a blue background"]
+    if load_tokenizer(out)(probe).input_ids != load_tokenizer()(probe).input_ids:
+        raise RuntimeError(f"tokenizer saved to {out} does not reproduce sdkit/assets/clip_tokenizer's ids")
+    return out
+
+
 def mini_clip_config(text_hidden: int = 64, text_layers: int = 3, vision_hidden: int = 64, vision_layers: int = 3,
                      patch_size: int = 4):
     """A small ``CLIPConfig``: 49,408-token vocab, 77 positions; 32x32 images in 4x4 patches (64 patches + CLS).
@@ -87,7 +107,10 @@ def load_clip(path=None, dtype=torch.float32):
 
 
 def export_text_encoder(clip_dir=None, out_dir=None, dtype=torch.float16) -> Path:
-    """Save the text tower of a mini CLIP as a ``CLIPTextModel`` (same weights) + its tokenizer, with save_pretrained."""
+    """Save the text tower of a mini CLIP as a ``CLIPTextModel`` (same weights) + its tokenizer, with save_pretrained.
+
+    (``CLIPTextModel.from_pretrained(clip_dir)`` also works directly; it warns about the unused vision weights.)
+    """
     from transformers import CLIPTextModel
 
     clip_dir = Path(clip_dir) if clip_dir is not None else CLIP_DIR
@@ -95,11 +118,11 @@ def export_text_encoder(clip_dir=None, out_dir=None, dtype=torch.float16) -> Pat
         raise ValueError("export_text_encoder needs out_dir (e.g. a pipeline folder's text_encoder/)")
     clip = load_clip(clip_dir)
     text = CLIPTextModel(clip.config.text_config)
-    missing = text.text_model.load_state_dict(clip.text_model.state_dict(), strict=True)
-    assert not missing.missing_keys and not missing.unexpected_keys, missing
+    # transformers 5: CLIPTextModel holds embeddings/encoder/final_layer_norm itself; 4.x: under .text_model
+    getattr(text, "text_model", text).load_state_dict(clip.text_model.state_dict(), strict=True)
     out = Path(out_dir)
     text.to(dtype).save_pretrained(str(out))
-    load_tokenizer(clip_dir if (clip_dir / "vocab.json").exists() else None).save_pretrained(str(out))
+    save_tokenizer(out)
     return out
 
 
@@ -283,7 +306,7 @@ def train_clip(out_dir=CLIP_DIR, steps: int = 1400, seed: int = 0, batch_size: i
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.to(save_dtype).save_pretrained(str(out))
-    tok.save_pretrained(str(out))
+    save_tokenizer(out)
     try:
         from transformers import CLIPImageProcessor
 

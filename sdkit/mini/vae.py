@@ -1,7 +1,7 @@
 """Mini VAE: a diffusers ``AutoencoderKL`` that maps 32x32x3 pictures to 8x8x4 latents, like SD's 512 -> 64x64x4.
 
 Two downsamplings (three blocks of 32, 64, 64 channels, one ResNet layer each, an attention mid-block at 8x8).
-Trained on mini-world pictures with L1 + MSE + an edge (image-gradient) term + a small KL term.
+Trained on mini-world pictures with ink-weighted L1 + MSE, an edge (image-gradient) term and a small KL term.
 Its ``scaling_factor`` is measured the way SD's 0.18215 was: 1 / std of the latents of training pictures,
 so that scaled latents have unit variance for the diffusion model.
 
@@ -97,12 +97,20 @@ def measure_scaling_factor(vae, images, batch_size: int = 256) -> float:
     return float(1.0 / z.float().std())
 
 
+def _ink_mask(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> (B, 1, H, W) float mask of pixels that differ from the median border colour."""
+    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)   # (B, 3, 4W)
+    bg = border.median(dim=-1).values[..., None, None]                                      # (B, 3, 1, 1)
+    return ((x - bg).abs().sum(1, keepdim=True) > 0.1).float()
+
+
 def _edges(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[..., 1:, :] - x[..., :-1, :], x[..., :, 1:] - x[..., :, :-1]
 
 
-def train_vae(out_dir=VAE_DIR, steps: int = 1000, seed: int = 0, batch_size: int = 16, n_train: int = 20000,
-              lr: float = 1e-3, kl_weight: float = 1e-6, edge_weight: float = 0.5, log_every: int = 100,
+def train_vae(out_dir=VAE_DIR, steps: int = 1600, seed: int = 0, batch_size: int = 16, n_train: int = 20000,
+              lr: float = 2e-3, kl_weight: float = 1e-6, edge_weight: float = 0.5, ink_weight: float = 4.0,
+              log_every: int = 100,
               judge_dir=None, save_dtype=torch.float16) -> dict:
     """Train the mini VAE on mini-world pictures; measure and store its scaling factor; save; return metrics.
 
@@ -121,15 +129,19 @@ def train_vae(out_dir=VAE_DIR, steps: int = 1000, seed: int = 0, batch_size: int
     sched = world.warmup_cosine(opt, steps, 0.05)
     print(f"[vae] {n_train} pictures; {n_params:,} params; {steps} steps x {batch_size}", flush=True)
     vae.train()
-    hist = {"l1": 0.0, "kl": 0.0}
+    hist = {"l1": 0.0, "mse": 0.0, "kl": 0.0}
     for step in range(1, steps + 1):
         x = x_all[torch.randint(n_train, (batch_size,), generator=g)]
         # 2. encode -> sample -> decode
         post = vae.encode(x).latent_dist                                             # mean/logvar (B, 4, 8, 8)
         rec = vae.decode(post.sample(generator=None)).sample                         # (B, 3, 32, 32)
-        # 3. loss: L1 + MSE + edge L1 + small KL (per-image sum, like SD)
-        l1 = (rec - x).abs().mean()
-        mse = F.mse_loss(rec, x)
+        # 3. loss: ink-weighted L1 + MSE, edge L1, small KL (per-image sum, like SD). Ink pixels (those that
+        #    differ from the picture's border colour) are a small share of the picture but carry its meaning:
+        #    weight them x(1 + ink_weight), or the glyph's colour is the last thing the VAE learns.
+        w = 1.0 + ink_weight * _ink_mask(x)                                          # (B, 1, 32, 32)
+        w = w / w.mean()
+        l1 = ((rec - x).abs() * w).mean()
+        mse = ((rec - x) ** 2 * w).mean()
         (gy, gx), (ry, rx) = _edges(x), _edges(rec)
         edge = (gy - ry).abs().mean() + (gx - rx).abs().mean()
         kl = post.kl().mean()
@@ -140,11 +152,12 @@ def train_vae(out_dir=VAE_DIR, steps: int = 1000, seed: int = 0, batch_size: int
         opt.step()
         sched.step()
         hist["l1"] += l1.item()
+        hist["mse"] += mse.item()
         hist["kl"] += kl.item()
         if step % log_every == 0 or step == steps:
             k = log_every if step % log_every == 0 else step % log_every
-            l1m = hist["l1"] / k
-            print(f"[vae] step {step}/{steps} L1 {l1m:.4f} (~{-20 * math.log10(max(l1m, 1e-6) / 2):.1f} dB-ish) "
+            train_psnr = 10 * math.log10(4.0 / max(hist["mse"] / k, 1e-10))            # pixels in [-1, 1]
+            print(f"[vae] step {step}/{steps} L1 {hist['l1'] / k:.4f} train PSNR {train_psnr:.1f} dB "
                   f"KL {hist['kl'] / k:.1f} ({time.time() - t0:.0f} s)", flush=True)
             hist = {k_: 0.0 for k_ in hist}
     train_seconds = time.time() - t0
