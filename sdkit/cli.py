@@ -15,6 +15,7 @@ import sys
 import typing
 
 from .config import ConfigError, TrainConfig
+from .data_cli import add_data_commands
 
 __all__ = ["main", "add_config_flags", "config_from_args"]
 
@@ -111,6 +112,30 @@ def _cmd_docs(args):
     return 0
 
 
+def _cmd_mini(args):
+    import json
+    from .mini import pipeline
+    if args.action == "build":
+        report = pipeline.build(root=args.root, steps=args.steps, quick=args.quick, skip_parts=args.skip_parts)
+    else:
+        report = {}
+        for g in args.guidance:
+            for s in args.steps_list:
+                r = pipeline.evaluate(args.model, n_seen=args.n_seen, seeds=tuple(range(args.seeds)), steps=s,
+                                      guidance=g)
+                report[f"guidance={g},steps={s}"] = r
+                print(f"guidance {g:>4}  steps {s:>3}  seen joint {r['seen']['joint_acc']:.3f} (digit "
+                      f"{r['seen']['digit_acc']:.3f} fg {r['seen']['fg_acc']:.3f} bg {r['seen']['bg_acc']:.3f})  "
+                      f"held-out joint {r['held_out']['joint_acc']:.3f} (digit {r['held_out']['digit_acc']:.3f} "
+                      f"fg {r['held_out']['fg_acc']:.3f} bg {r['held_out']['bg_acc']:.3f})", flush=True)
+    text = json.dumps(report, indent=1)
+    if args.json:
+        from pathlib import Path
+        Path(args.json).write_text(text)
+    print(text)
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m sdkit", description="sdkit: train Stable Diffusion "
                                      "(LoRA, full) on one loop; see README.md.")
@@ -136,9 +161,24 @@ def build_parser():
     p.add_argument("--steps", type=int, default=None)
     p.set_defaults(func=_cmd_quickstart)
 
+    p = sub.add_parser("mini", help="the mini world: build it from nothing, or evaluate a pipeline with the judge")
+    p.add_argument("action", choices=["build", "eval"])
+    p.add_argument("--root", default="data_samples", help="build: where the parts and mini-sd are written")
+    p.add_argument("--steps", type=int, default=None, help="build: UNet training steps (default: the recipe's)")
+    p.add_argument("--quick", action="store_true", help="build: a few steps of each stage (seconds; for tests)")
+    p.add_argument("--skip-parts", action="store_true", help="build: reuse judge/CLIP/VAE already in --root")
+    p.add_argument("--model", default="mini", help="eval: pipeline preset or folder")
+    p.add_argument("--n-seen", type=int, default=120, help="eval: seen combinations sampled (of 504)")
+    p.add_argument("--seeds", type=int, default=4, help="eval: images per prompt (seeds 0..N-1)")
+    p.add_argument("--guidance", type=float, nargs="+", default=[5.0], help="eval: guidance scales to sweep")
+    p.add_argument("--steps-list", type=int, nargs="+", default=[25], help="eval: DDIM step counts to sweep")
+    p.add_argument("--json", help="write the report here")
+    p.set_defaults(func=_cmd_mini)
+
     p = sub.add_parser("docs", help="regenerate docs/CONFIG.md from the config dataclass")
     p.add_argument("--out", default="docs/CONFIG.md")
     p.set_defaults(func=_cmd_docs)
+    add_data_commands(sub)  # python -m sdkit data check|caption|samples (sdkit/data_cli.py)
     return parser
 
 
