@@ -34,7 +34,7 @@ def count_tokens(caption: str, tokenizer=None) -> int:
             from .models import clip_tokenizer
             _tokenizer = clip_tokenizer()
         tokenizer = _tokenizer
-    return len(tokenizer(caption, truncation=False, add_special_tokens=True)["input_ids"])
+    return len(tokenizer(caption, truncation=False, add_special_tokens=True, verbose=False)["input_ids"])
 
 
 # ---- tags and modes ---------------------------------------------------------------------------------------------
@@ -156,8 +156,12 @@ class Captioner:
             inputs = self.processor(**kwargs).to(self.device)
             if "pixel_values" in inputs:
                 inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+            from transformers.utils import logging as tlog
+            level = tlog.get_verbosity()
+            tlog.set_verbosity_error()  # BLIP's "attention mask is not set" notice is harmless for image-only input
             with torch.no_grad():
                 ids = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+            tlog.set_verbosity(level)
             out += [" ".join(t.split()) for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
         return out
 

@@ -58,6 +58,9 @@ class TrainConfig:
                            "data")
     caption_dropout: float = _f(0.0, "Probability of training on an empty caption, which teaches classifier-free "
                                 "guidance its unconditional branch.", "data", min=0.0, max=1.0)
+    cache_latents: bool = _f(False, "Encode each image with the VAE once and keep its latent distribution in memory "
+                             "(faster; needs center_crop and no random_flip, since the pixels must not change).",
+                             "data")
     num_workers: int = _f(0, "Data-loader worker processes (0: load in the training process).", "data", min=0, max=32)
     # ---- method --------------------------------------------------------------------------------------------
     method: str = _f("lora", "What trains: lora (small adapters on attention) or full (every UNet weight).", "method",
@@ -179,6 +182,9 @@ class TrainConfig:
         if self.lr_warmup_steps > self.steps:
             raise ConfigError(f"lr_warmup_steps: {self.lr_warmup_steps} is more than steps ({self.steps}); "
                               f"the run would never reach lr. Fix: lr_warmup_steps <= {self.steps}.")
+        if self.cache_latents and (self.random_flip or not self.center_crop):
+            raise ConfigError("cache_latents: cached latents would freeze one random crop/flip per image. Fix: "
+                              "cache_latents=False, or center_crop=True and random_flip=False.")
         if not self.sample_seeds:
             raise ConfigError("sample_seeds: empty; expected at least one seed. Fix: sample_seeds=[0].")
         return self

@@ -211,3 +211,30 @@ def test_two_cpu_processes_equal_one_process_with_the_global_batch(tiny_model, d
     r = cli("train", *common, "--batch-size", "2", "--out", str(one))
     assert r.returncode == 0, r.stderr
     assert max_diff(trained(two, 3), trained(one, 3)) < 1e-5
+
+
+def test_save_every_k_from_step_y_and_keep_last_n(base_config):
+    run = sdkit.train(base_config.replace(steps=8, checkpoint_every=2, checkpoint_start=4, keep_last=2,
+                                          sample_at_start=False), progress=None)
+    assert [c.name for c in run.checkpoints] == ["step_000006", "step_000008"]
+    assert not run.samples.get(0)                                   # sample_at_start=False: no step-0 grid
+
+
+def test_v_prediction_min_snr_noise_offset_and_text_encoder_lora(base_config):
+    run = sdkit.train(base_config.replace(steps=2, prediction_type="v_prediction", snr_gamma=5.0, noise_offset=0.05,
+                                          train_text_encoder=True, text_encoder_lr=1e-4, caption_dropout=0.5),
+                      progress=None)
+    assert all(m["loss"] == m["loss"] for m in run.metrics)         # finite, not NaN
+    keys = trained(run.path, 2)
+    assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
+
+
+def test_cached_latents_give_the_same_training(base_config):
+    """The cache stores each image's VAE posterior (mean, std); the per-sample noise is drawn as before, so a
+    cached run is the same computation, only faster."""
+    plain = sdkit.train(base_config.replace(steps=3, batch_size=4, out=base_config.out + "_plain"), progress=None)
+    cached = sdkit.train(base_config.replace(steps=3, batch_size=4, cache_latents=True,
+                                             out=base_config.out + "_cached"), progress=None)
+    assert max_diff(trained(plain.path, 3), trained(cached.path, 3)) < 1e-5
+    with pytest.raises(sdkit.ConfigError, match="cache_latents"):
+        base_config.replace(cache_latents=True, random_flip=True).validate()

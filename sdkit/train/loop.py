@@ -203,6 +203,7 @@ class Trainer:
         else:
             self.unet, self.optimizer = acc.prepare(self.unet, self.optimizer)
         self.dataset = ImageCaptionDataset(self.scan, self.resolution, c.center_crop, c.random_flip)
+        self.latent_cache = {}  # dataset index -> (posterior mean, std), when cache_latents
         self.global_batch = c.batch_size * acc.num_processes * c.grad_accum
 
         # 1f. resume
@@ -221,9 +222,31 @@ class Trainer:
         c, acc = self.config, self.accelerator
         base = step * self.global_batch + micro * c.batch_size * acc.num_processes + acc.process_index * c.batch_size
         gs = list(range(base, base + c.batch_size))
-        items = [self.dataset[(self._dataset_index(g), _sample_seed(c.seed, g))] for g in gs]
+        indices = [self._dataset_index(g) for g in gs]
+        if c.cache_latents and all(i in self.latent_cache for i in indices):
+            # cached: no image decoding at all; captions come from the scan
+            return {"pixels": None, "captions": [self.dataset.scan.items[i][1] for i in indices], "g": gs,
+                    "index": indices}
+        items = [self.dataset[(i, _sample_seed(c.seed, g))] for i, g in zip(indices, gs)]
         return {"pixels": torch.stack([it["pixels"] for it in items]),
-                "captions": [it["caption"] for it in items], "g": gs}
+                "captions": [it["caption"] for it in items], "g": gs, "index": indices}
+
+    @torch.no_grad()
+    def _posterior(self, batch):
+        """VAE posterior (mean, std) of the batch's images; with cache_latents each image is encoded once."""
+        c, device = self.config, self.accelerator.device
+        if not c.cache_latents:
+            dist = self.vae.encode(batch["pixels"].to(device, dtype=self.weight_dtype)).latent_dist
+            return dist.mean, dist.std
+        missing = [k for k, i in enumerate(batch["index"]) if i not in self.latent_cache]
+        if missing:
+            pixels = batch["pixels"][missing].to(device, dtype=self.weight_dtype)
+            dist = self.vae.encode(pixels).latent_dist
+            for k, m, sd in zip(missing, dist.mean, dist.std):
+                self.latent_cache[batch["index"][k]] = (m.clone(), sd.clone())
+        mean = torch.stack([self.latent_cache[i][0] for i in batch["index"]])
+        std = torch.stack([self.latent_cache[i][1] for i in batch["index"]])
+        return mean, std
 
     # ---- 3. the loss ---------------------------------------------------------------------------------------
     def encode_text(self, captions):
@@ -237,11 +260,9 @@ class Trainer:
         b = len(gens)
         # 3a. latents: VAE posterior sample, scaled (no gradients through the VAE)
         with torch.no_grad():
-            pixels = batch["pixels"].to(device, dtype=self.weight_dtype)
-            dist = self.vae.encode(pixels).latent_dist
-            eps = torch.stack([torch.randn(dist.mean.shape[1:], generator=g) for g in gens]).to(device, dist.mean.dtype)
-            latents = (dist.mean + dist.std * eps) * self.vae.config.scaling_factor
-            latents = latents.float()
+            mean, std = self._posterior(batch)
+            eps = torch.stack([torch.randn(mean.shape[1:], generator=g) for g in gens]).to(device, mean.dtype)
+            latents = ((mean + std * eps) * self.vae.config.scaling_factor).float()
         # 3b. timesteps, noise (with optional offset), caption dropout — one generator per sample
         T = self.noise_scheduler.config.num_train_timesteps
         t = torch.tensor([int(torch.randint(0, T, (1,), generator=g)) for g in gens], device=device)

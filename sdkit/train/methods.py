@@ -63,9 +63,11 @@ class LoRAMethod(Method):
                                     init_lora_weights="gaussian", target_modules=targets))
         te_params = []
         if c.train_text_encoder:
-            text_encoder.add_adapter(LoraConfig(r=c.lora_rank, lora_alpha=alpha, lora_dropout=c.lora_dropout,
+            # peft's own injection (transformers' add_adapter needs a newer peft than PyPI may have)
+            from peft import inject_adapter_in_model
+            inject_adapter_in_model(LoraConfig(r=c.lora_rank, lora_alpha=alpha, lora_dropout=c.lora_dropout,
                                                 init_lora_weights="gaussian",
-                                                target_modules=TEXT_ENCODER_LORA_TARGETS))
+                                                target_modules=TEXT_ENCODER_LORA_TARGETS), text_encoder)
             te_params = [p for p in text_encoder.parameters() if p.requires_grad]
         unet_params = [p for p in unet.parameters() if p.requires_grad]
         if not unet_params:

@@ -9,7 +9,7 @@ handled on the main thread in Colab, VS Code and Notebook/JupyterLab without com
 trains there. Where the click arrives on a subshell thread (JupyterLab >= 4.4.4 with ipykernel >= 7) the run is
 handed to the main thread's event loop; where there is none, the panel asks for `panel.run()`.
 Drawing uses matplotlib's object API into PNG bytes shown in an Image widget, redrawn at most a few times a second
-and never more than ~2 % of the wall time (the redraw interval grows with the cost of a redraw).
+and never more than ~3 % of the wall time (the redraw interval grows with the cost of a redraw).
 """
 from __future__ import annotations
 
@@ -89,12 +89,12 @@ def stop_help(clicks_live=None) -> str:
 class Dashboard(Callback):
     """Progress (step, it/s, ETA), live loss plot, step-0 baseline beside the latest samples, checkpoints, log."""
 
-    def __init__(self, min_redraw_s: float = 0.3, max_draw_share: float = 0.02, max_messages: int = 12):
-        from matplotlib.figure import Figure
+    def __init__(self, min_redraw_s: float = 0.3, max_draw_share: float = 0.03, max_messages: int = 12):
+        from ..plot import LossPlot
         self.min_redraw_s = min_redraw_s      # at most ~3 redraws a second
         self.max_draw_share = max_draw_share  # and never more than this share of the wall time
         self.max_messages = max_messages
-        self.fig = Figure(figsize=(6.4, 3.0), dpi=90)
+        self.plot = LossPlot()
         self._lock = threading.Lock()
         self.progress = W.IntProgress(value=0, min=0, max=1, description="step",
                                       layout=W.Layout(width="560px"))
@@ -110,6 +110,10 @@ class Dashboard(Callback):
         self.log_html = W.HTML(value="")
         samples = W.HBox([W.VBox([self.baseline_label, self.baseline_image]),
                           W.VBox([self.latest_label, self.latest_image])])
+        for w, name in ((self.progress, "progress"), (self.status, "status"), (self.loss_image, "loss"),
+                        (self.baseline_image, "baseline"), (self.latest_image, "latest"),
+                        (self.checkpoints_html, "checkpoints"), (self.log_html, "log")):
+            w.add_class(f"sdkit-{name}")  # stable hooks for the browser test and for CSS
         self.widget = W.VBox([W.HBox([self.progress]), self.status, self.log_scale, self.loss_image, samples,
                               self.checkpoints_html, self.log_html])
         self.redraws = 0          # how many times the loss image was drawn (tests and the bench read it)
@@ -201,7 +205,6 @@ class Dashboard(Callback):
 
     def redraw(self, force=False):
         """Draw the loss curve (raw, smoothed, LR on the second axis) into the Image widget, in place."""
-        from ..plot import figure_png, loss_figure
         if not self.metrics:
             return
         with self._lock:
@@ -210,8 +213,7 @@ class Dashboard(Callback):
             if len(metrics) > 2000:  # plot at most ~2000 points; the smoothing still sees every logged step
                 k = len(metrics) // 2000 + 1
                 metrics = metrics[::k] + ([metrics[-1]] if (len(metrics) - 1) % k else [])
-            loss_figure(metrics, log_scale=self.log_scale.value, title="training loss", fig=self.fig)
-            self.loss_image.value = figure_png(self.fig)
+            self.loss_image.value = self.plot.png(metrics, log_scale=self.log_scale.value)
             self.draw_seconds += time.perf_counter() - t
             self.redraws += 1
             self._last_draw, self._dirty = time.time(), False
@@ -229,6 +231,8 @@ class TrainPanel:
         self.stop_button.on_click(self._on_stop_click)
         self.stop_help = W.HTML(value=f"<div style='max-width:720px'>{stop_help()}</div>")
         self.notice = W.HTML(value="")
+        for w, name in ((self.train_button, "train"), (self.stop_button, "stop"), (self.notice, "notice")):
+            w.add_class(f"sdkit-{name}")
         self.stop_event = threading.Event()
         self.running = False
         self.last_run = None

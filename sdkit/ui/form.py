@@ -157,7 +157,7 @@ def _set_tooltip(widget, text):
 
 def _esc(text: str) -> str:
     import html
-    return html.escape(str(text))
+    return html.escape(str(text), quote=False)
 
 
 class ConfigForm:
