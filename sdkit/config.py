@@ -61,6 +61,16 @@ class TrainConfig:
     cache_latents: bool = _f(False, "Encode each image with the VAE once and keep its latent distribution in memory "
                              "(faster; needs center_crop and no random_flip, since the pixels must not change).",
                              "data")
+    data_layout: str = _f("auto", "Folder layout: auto, folder (sidecar captions), metadata (HF metadata.jsonl/csv), "
+                          "kohya (<repeats>_<name>/ folders).", "data", choices=["auto", "folder", "metadata", "kohya"])
+    trigger_token: str = _f("", "Token put in front of every caption that lacks it (e.g. sks). Empty: none.", "data")
+    shuffle_caption: bool = _f(False, "Shuffle comma-separated caption tags per sample.", "data")
+    keep_tokens: int = _f(0, "Leading caption tags kept in place when shuffling/dropping (counts tags, not CLIP "
+                          "tokens).", "data", min=0, max=75)
+    tag_dropout: float = _f(0.0, "Probability of dropping each caption tag (after keep_tokens) per sample.", "data",
+                            min=0.0, max=1.0)
+    color_jitter: float = _f(0.0, "Max relative brightness/contrast/saturation change (0: off; keep 0 when the "
+                             "concept depends on colour).", "data", min=0.0, max=1.0)
     num_workers: int = _f(0, "Data-loader worker processes (0: load in the training process).", "data", min=0, max=32)
     # ---- method --------------------------------------------------------------------------------------------
     method: str = _f("lora", "What trains: lora (small adapters on attention) or full (every UNet weight).", "method",
@@ -182,9 +192,9 @@ class TrainConfig:
         if self.lr_warmup_steps > self.steps:
             raise ConfigError(f"lr_warmup_steps: {self.lr_warmup_steps} is more than steps ({self.steps}); "
                               f"the run would never reach lr. Fix: lr_warmup_steps <= {self.steps}.")
-        if self.cache_latents and (self.random_flip or not self.center_crop):
+        if self.cache_latents and (self.random_flip or not self.center_crop or self.color_jitter):
             raise ConfigError("cache_latents: cached latents would freeze one random crop/flip per image. Fix: "
-                              "cache_latents=False, or center_crop=True and random_flip=False.")
+                              "cache_latents=False, or center_crop=True, random_flip=False, color_jitter=0.")
         if not self.sample_seeds:
             raise ConfigError("sample_seeds: empty; expected at least one seed. Fix: sample_seeds=[0].")
         return self

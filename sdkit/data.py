@@ -445,6 +445,10 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self._item_of)
 
+    def item(self, index: int) -> tuple:
+        """(path, caption) behind dataset index `index` (indices repeat items of kohya folders)."""
+        return self.scan.items[self._item_of[index]]
+
     @property
     def bucket_of(self) -> list:
         """(w, h) of every dataset index (all (R, R) without buckets)."""
@@ -507,10 +511,17 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
                 raise DataError("no image of the data folder can be read any more (files deleted or changed "
                                 "during training?)") from e
             return self[((index + 1) % len(self), seed)]
-        if self.caption_transform is not None:
-            crng = np.random.default_rng([seed, 1]) if seed is not None else np.random.default_rng()
-            caption = self.caption_transform(caption, crng)
-        return {"pixels": pixels, "caption": caption, "index": index}
+        return {"pixels": pixels, "caption": self._transform_caption(caption, seed), "index": index}
+
+    def _transform_caption(self, caption, seed):
+        if self.caption_transform is None:
+            return caption
+        crng = np.random.default_rng([seed, 1]) if seed is not None else np.random.default_rng()
+        return self.caption_transform(caption, crng)
+
+    def caption(self, index: int, seed=None) -> str:
+        """The caption sample `(index, seed)` trains on, without loading its image (for cached latents)."""
+        return self._transform_caption(self.item(index)[1], seed)
 
 
 # ---- train / validation split -----------------------------------------------------------------------------------

@@ -189,7 +189,7 @@ def test_kohya_folders_repeat_images_and_name_captions(tmp_path):
     ds = ImageCaptionDataset(scan, 32)
     assert len(ds) == 3 * 2 + 1 * 2                                                  # an epoch honours repeats
     seen = [ds[(i, 0)]["caption"] for i in range(len(ds))]
-    assert seen.count("sks dog") == 3
+    assert seen.count("sks dog") == 3 and seen == [ds.item(i)[1] for i in range(len(ds))]
     report = check(tmp_path / "train", resolution=32)
     assert report.stats["samples_per_epoch"] == 8 and report.stats["groups"] == {"3_sks dog": 6, "1_dog": 2}
     assert any("unbalanced" in p.message for p in report.problems)

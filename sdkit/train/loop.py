@@ -143,7 +143,7 @@ class Trainer:
                               f"to continue it, or choose a new --out.")
 
         # 1b. data (scanned before the model loads so that a bad folder fails fast)
-        self.scan = scan_folder(c.data, c.caption_ext)
+        self.scan = scan_folder(c.data, c.caption_ext, layout=c.data_layout)
         for p in self.scan.problems:
             if p.severity == "error":
                 self.message("warning", p.message)
@@ -202,7 +202,15 @@ class Trainer:
             self.unet, self.text_encoder, self.optimizer = acc.prepare(self.unet, self.text_encoder, self.optimizer)
         else:
             self.unet, self.optimizer = acc.prepare(self.unet, self.optimizer)
-        self.dataset = ImageCaptionDataset(self.scan, self.resolution, c.center_crop, c.random_flip)
+        from ..captions import CaptionPolicy
+        policy = None
+        if c.trigger_token or c.shuffle_caption or c.tag_dropout:
+            policy = CaptionPolicy(trigger=c.trigger_token, shuffle=c.shuffle_caption, keep_tokens=c.keep_tokens,
+                                   tag_dropout=c.tag_dropout)
+        self.dataset = ImageCaptionDataset(self.scan, self.resolution, c.center_crop, c.random_flip,
+                                           color_jitter=c.color_jitter, caption_transform=policy)
+        if self.dataset.colour_warning():
+            self.message("warning", self.dataset.colour_warning())
         self.latent_cache = {}  # dataset index -> (posterior mean, std), when cache_latents
         self.global_batch = c.batch_size * acc.num_processes * c.grad_accum
 
@@ -225,8 +233,8 @@ class Trainer:
         indices = [self._dataset_index(g) for g in gs]
         if c.cache_latents and all(i in self.latent_cache for i in indices):
             # cached: no image decoding at all; captions come from the scan
-            return {"pixels": None, "captions": [self.dataset.scan.items[i][1] for i in indices], "g": gs,
-                    "index": indices}
+            return {"pixels": None, "g": gs, "index": indices,
+                    "captions": [self.dataset.caption(i, _sample_seed(c.seed, g)) for i, g in zip(indices, gs)]}
         items = [self.dataset[(i, _sample_seed(c.seed, g))] for i, g in zip(indices, gs)]
         return {"pixels": torch.stack([it["pixels"] for it in items]),
                 "captions": [it["caption"] for it in items], "g": gs, "index": indices}
