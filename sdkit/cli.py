@@ -16,6 +16,7 @@ import typing
 
 from .config import ConfigError, TrainConfig
 from .data_cli import add_data_commands
+from .evaluate.cli import add_eval_commands
 
 __all__ = ["main", "add_config_flags", "config_from_args"]
 
@@ -136,6 +137,16 @@ def _cmd_mini(args):
     return 0
 
 
+def _cmd_bench(args):
+    import json
+    from .bench import bench_train
+    result = bench_train(quick=args.quick, repeats=args.repeats, json_path=args.json)
+    print(json.dumps(result, indent=1))
+    print(f"sdkit {result['sdkit_steps_per_s']:.3f} steps/s vs reference {result['reference_steps_per_s']:.3f} "
+          f"steps/s: ratio {result['ratio_vs_reference']:.3f}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m sdkit", description="sdkit: train Stable Diffusion "
                                      "(LoRA, full) on one loop; see README.md.")
@@ -175,10 +186,18 @@ def build_parser():
     p.add_argument("--json", help="write the report here")
     p.set_defaults(func=_cmd_mini)
 
+    p = sub.add_parser("bench", help="benchmarks: `bench train` = sdkit's loop vs a bare reference loop")
+    p.add_argument("what", choices=["train"])
+    p.add_argument("--quick", action="store_true", help="tiny pipeline, few steps (CPU, seconds)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", help="write the result here")
+    p.set_defaults(func=_cmd_bench)
+
     p = sub.add_parser("docs", help="regenerate docs/CONFIG.md from the config dataclass")
     p.add_argument("--out", default="docs/CONFIG.md")
     p.set_defaults(func=_cmd_docs)
     add_data_commands(sub)  # python -m sdkit data check|caption|samples (sdkit/data_cli.py)
+    add_eval_commands(sub)  # python -m sdkit eval grid|metrics|diagnose (sdkit/evaluate/cli.py)
     return parser
 
 
