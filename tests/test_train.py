@@ -238,3 +238,27 @@ def test_cached_latents_give_the_same_training(base_config):
     assert max_diff(trained(plain.path, 3), trained(cached.path, 3)) < 1e-5
     with pytest.raises(sdkit.ConfigError, match="cache_latents"):
         base_config.replace(cache_latents=True, random_flip=True).validate()
+
+
+def test_make_tiny_cli_writes_a_pipeline_that_from_pretrained_loads(tmp_path):
+    r = cli("make-tiny", str(tmp_path / "tiny"))
+    assert r.returncode == 0, r.stderr
+    from diffusers import StableDiffusionPipeline
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "tiny"))
+    assert type(pipe.unet).__name__ == "UNet2DConditionModel" and type(pipe.vae).__name__ == "AutoencoderKL"
+    assert type(pipe.text_encoder).__name__ == "CLIPTextModel"
+    # the real CLIP tokenizer: 49,408 tokens, 77-token context, SD's ids
+    assert len(pipe.tokenizer) == 49408 and pipe.tokenizer.model_max_length == 77
+    assert pipe.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    image = pipe("a red square", num_inference_steps=2, output_type="np").images
+    assert image.shape == (1, 32, 32, 3)
+
+
+def test_cli_errors_name_the_problem(tmp_path, data8):
+    r = cli("train", "--model", str(tmp_path / "missing-model"), "--data", str(data8), "--steps", "1")
+    assert r.returncode == 2 and "missing-model" in r.stderr and "Traceback" not in r.stderr
+    r = cli("train", "--model", "tiny", "--data", str(data8), "--lr", "-3")
+    assert r.returncode == 2 and r.stderr.startswith("error: lr:")
+    (tmp_path / "bad.yaml").write_text("data: x\nlearnig_rate: 1\n")
+    r = cli("train", "--config", str(tmp_path / "bad.yaml"))
+    assert r.returncode == 2 and "learnig_rate" in r.stderr
