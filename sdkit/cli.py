@@ -197,6 +197,8 @@ def build_parser():
     p.add_argument("--out", default="docs/CONFIG.md")
     p.set_defaults(func=_cmd_docs)
     add_data_commands(sub)  # python -m sdkit data check|caption|samples (sdkit/data_cli.py)
+    from .export_cli import add_export_commands
+    add_export_commands(sub)  # python -m sdkit export|preflight (sdkit/export_cli.py)
     add_eval_commands(sub)  # python -m sdkit eval grid|metrics|diagnose (sdkit/evaluate/cli.py)
     return parser
 
