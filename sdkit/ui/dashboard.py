@@ -6,8 +6,9 @@
 Why the loop runs on the kernel's main thread, in a cell (docs/UI.md, shared/NOTEBOOK-UI.md): widget updates from
 there reach the browser in every frontend, and the notebook's interrupt (■) stops it everywhere. A click on Train is
 handled on the main thread in Colab, VS Code and Notebook/JupyterLab without comms over subshells, so the button
-trains there. Where the click arrives on a subshell thread (JupyterLab >= 4.4.4 with ipykernel >= 7) the run is
-handed to the main thread's event loop; where there is none, the panel asks for `panel.run()`.
+trains there (checked in JupyterLab 4.6 + ipykernel 7.4: an idle kernel gets the Train click on the main thread, a busy
+one the Stop click on a subshell thread). Where a Train click arrives on another thread the panel does not train there
+and asks for `panel.run()`.
 Drawing uses matplotlib's object API into PNG bytes shown in an Image widget, redrawn at most a few times a second
 and never more than ~3 % of the wall time (the redraw interval grows with the cost of a redraw).
 """
@@ -237,7 +238,7 @@ class TrainPanel:
         self.running = False
         self.last_run = None
         self.last_error = None
-        self._main_loop = self._find_main_loop()
+        self.train_click_thread = self.stop_click_thread = None
         self.form.on_change(lambda form: self._sync_buttons())
         self._sync_buttons()
         self.widget = W.VBox([self.form.widget, W.HBox([self.train_button, self.stop_button]), self.notice,
@@ -258,17 +259,6 @@ class TrainPanel:
     def _sync_buttons(self):
         self.train_button.disabled = self.running or not self.form.valid
         self.stop_button.disabled = not self.running
-
-    @staticmethod
-    def _find_main_loop():
-        """The asyncio loop of the kernel's main thread (ipykernel >= 7 runs its shell on one), if this is it."""
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        import asyncio
-        try:
-            return asyncio.get_running_loop()
-        except RuntimeError:
-            return None
 
     # ---- running ----
     def run(self, config=None):
@@ -312,29 +302,20 @@ class TrainPanel:
             pass  # reported in the log (a click has no cell to show a traceback in)
 
     def _on_train_click(self, _=None):
+        self.train_click_thread = threading.current_thread().name  # where this frontend delivers clicks (docs/UI.md)
         if self.running or not self.form.valid:
             return
         if threading.current_thread() is threading.main_thread():
             self._run_from_click()
             return
-        # The click arrived on another thread (comms over subshells): clicks are live while training here.
+        # The click arrived on another thread (a subshell): training there could not be stopped with ■ and its
+        # widget updates may not render (Colab). Do not train here; ask for the foreground cell.
         self.stop_help.value = f"<div style='max-width:720px'>{stop_help(clicks_live=True)}</div>"
-        if self._main_loop is not None and self._main_loop.is_running():
-            self.notice.value = ("<i>Training on the kernel's main thread (started from the button). The kernel "
-                                 "indicator may show idle; Stop or &#9632; end the run.</i>")
-            self.running = True  # reserve the panel; run() sets it again
-            self._sync_buttons()
-
-            def start():
-                self.running = False
-                self._run_from_click()
-
-            self._main_loop.call_soon_threadsafe(start)
-        else:
-            self.notice.value = ("<b>This frontend runs button clicks off the kernel's main thread, where training "
-                                 "could not be stopped with &#9632;. Run <code>run = panel.run()</code> in a cell "
-                                 "instead.</b>")
+        self.notice.value = ("<b>This frontend handled the click off the kernel's main thread, where training could "
+                             "not be stopped with &#9632;. Run <code>run = panel.run()</code> in a cell instead "
+                             "(the Stop button will work there).</b>")
 
     def _on_stop_click(self, _=None):
+        self.stop_click_thread = threading.current_thread().name
         self.stop_event.set()
         self.dashboard.log("info", "Stop pressed: finishing this step and writing a checkpoint.")

@@ -6,7 +6,7 @@
     form.config = cfg    # fill the form from a config
 
 Which widget a field gets comes from its type and its metadata (choices, min, max, widget="path"):
-bool -> Checkbox · choices -> Dropdown · int with a small range -> IntSlider, else BoundedIntText ·
+bool -> Checkbox (Optional[bool] -> Dropdown default/yes/no) · choices -> Dropdown · int with a small range -> IntSlider, else BoundedIntText ·
 float with a range and short decimals -> FloatSlider, else Text (so 1e-4 stays 1e-4) · Optional[number] -> Text
 (empty = default) · List[int] -> comma-separated Text · List[str] -> Textarea, one item per line (prompts contain
 commas) · str -> Text. Only core widgets whose API is the same in ipywidgets 7.7 (Colab) and 8.
@@ -87,6 +87,9 @@ class _Field:
         if m.get("choices") is not None:
             options = [("(from the model)" if c is None else str(c), _EMPTY if c is None else c)
                        for c in m["choices"]]
+            return "choice", W.Dropdown(options=options, value=_EMPTY if default is None else default, **common)
+        if t is bool and self.optional:  # Optional[bool]: "default" (None) is a third state a Checkbox lacks
+            options = [("(default)", _EMPTY), ("yes", True), ("no", False)]
             return "choice", W.Dropdown(options=options, value=_EMPTY if default is None else default, **common)
         if t is bool:
             return "bool", W.Checkbox(value=bool(default), indent=True, **common)

@@ -62,8 +62,14 @@ def jupyterlab(root_dir: Path, log_path: Path, extra_args=(), timeout=90):
                 time.sleep(0.5)
         yield url
     finally:
+        # Kernels run in their own process groups: shut them down through the server first, then the server.
+        with contextlib.suppress(Exception):
+            with urllib.request.urlopen(f"{url}/api/kernels", timeout=5) as r:
+                for k in json.load(r):
+                    req = urllib.request.Request(f"{url}/api/kernels/{k['id']}", method="DELETE")
+                    urllib.request.urlopen(req, timeout=20).close()
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)   # the server and the kernels it started (same session)
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
@@ -95,7 +101,8 @@ def write_notebook(path: Path, cells: list):
 
 
 def lab_command(page, command: str, args: dict | None = None):
-    return page.evaluate("([c, a]) => window.jupyterapp.commands.execute(c, a)", [command, args or {}])
+    """Start a JupyterLab command (not awaited: run-all-cells resolves only when the cells finish)."""
+    page.evaluate("([c, a]) => { window.jupyterapp.commands.execute(c, a); return true; }", [command, args or {}])
 
 
 def kernel_execute(page, code: str, timeout_ms=30_000) -> str:

@@ -24,7 +24,7 @@ SHOTS = Path(os.environ.get("SDKIT_SCREENSHOTS", "/tmp/sdkit-screenshots"))
 
 SETUP = """
 import sdkit, sdkit.ui
-cfg = sdkit.TrainConfig(model={model!r}, data={data!r}, steps=100000, resolution=32, out={out!r}, sample_steps=2,
+cfg = sdkit.TrainConfig(model={model!r}, data={data!r}, steps=3000, resolution=32, out={out!r}, sample_steps=2,
                         sample_every=6, tensorboard=False, lr=1e-3, batch_size=2)
 panel = sdkit.ui.train_panel(cfg)
 """
@@ -109,10 +109,13 @@ def test_train_button_live_dashboard_and_stop(tiny_model, data8, tmp_path):
         stopped_by = "Stop button"
         if not _wait_stopped(page, 30):        # clicks not delivered while the kernel is busy: use ■
             stopped_by = "kernel interrupt"
-            lab_command(page, "kernel:interrupt")
+            lab_command(page, "notebook:interrupt-kernel")
             assert _wait_stopped(page, 60), _status(page)
         _shot(page, tmp_path, "jupyterlab-button-stopped")
-        print(f"stopped by: {stopped_by}; status: {_status(page)}")
+        on_main = kernel_execute(page, "assert panel.train_click_thread == 'MainThread'")
+        stop_main = kernel_execute(page, "assert panel.stop_click_thread == 'MainThread'")
+        print(f"stopped by: {stopped_by}; Train click on main thread: {on_main == 'ok'}; Stop click on main "
+              f"thread: {stop_main == 'ok'}; status: {_status(page)}")
         assert kernel_execute(page, "assert not panel.running and panel.last_run.stopped_early") == "ok"
     _check_run(out)
 
@@ -126,7 +129,7 @@ def test_panel_run_cell_stopped_with_kernel_interrupt(tiny_model, data8, tmp_pat
         lab_command(page, "notebook:run-all-cells")
         _watch_live_updates(page)
         assert page.evaluate("window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status") == "busy"
-        lab_command(page, "kernel:interrupt")     # the toolbar's ■
+        lab_command(page, "notebook:interrupt-kernel")     # the toolbar's ■
         assert _wait_stopped(page, 60), _status(page)
         page.get_by_text("RESULT True").wait_for(timeout=30_000)
         _shot(page, tmp_path, "jupyterlab-cell-interrupted")
