@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["TrainConfig", "LoRAConfig", "FullConfig", "ConfigError", "GROUPS", "RECORDED_KEYS"]
+__all__ = ["TrainConfig", "LoRAConfig", "FullConfig", "DreamBoothConfig", "ConfigError", "GROUPS", "RECORDED_KEYS"]
 
 # Groups, in the order the form and the docs show them.
 GROUPS = ("model", "data", "method", "optimiser", "saving", "sampling")
@@ -73,8 +73,9 @@ class TrainConfig:
                              "concept depends on colour).", "data", min=0.0, max=1.0)
     num_workers: int = _f(0, "Data-loader worker processes (0: load in the training process).", "data", min=0, max=32)
     # ---- method --------------------------------------------------------------------------------------------
-    method: str = _f("lora", "What trains: lora (small adapters on attention) or full (every UNet weight).", "method",
-                     choices=["lora", "full"])
+    method: str = _f("lora", "What trains: lora (small adapters on attention), full (every UNet weight), or "
+                     "dreambooth (every UNet weight, instance prompt + prior preservation on class images).", "method",
+                     choices=["lora", "full", "dreambooth"])
     lora_rank: int = _f(4, "LoRA rank (network dim): size of each low-rank update.", "method", min=1, max=256)
     lora_alpha: typing.Optional[float] = _f(None, "LoRA alpha: the update is scaled by alpha/rank. Empty: alpha = rank "
                                             "(scale 1).", "method", min=0.0, max=1024.0)
@@ -85,6 +86,21 @@ class TrainConfig:
                                   "method")
     text_encoder_lr: typing.Optional[float] = _f(None, "Learning rate of the text encoder. Empty: same as lr.",
                                                  "method", min=0.0, max=1.0)
+    prior_preservation: typing.Optional[bool] = _f(None, "DreamBooth prior preservation: every step also trains on "
+                                                   "images the base model drew for class_prompt, so the class word "
+                                                   "keeps its meaning (against bleeding). Empty: on for method "
+                                                   "dreambooth, off otherwise; with method lora it is LoRA DreamBooth.",
+                                                   "method")
+    instance_prompt: str = _f("", "Caption used for every training image instead of its sidecar caption (e.g. 'a sks "
+                              "glyph'). Empty: the sidecar captions.", "method")
+    class_prompt: str = _f("", "Prompt of the class images for prior preservation: the class word alone (e.g. 'a "
+                           "glyph').", "method")
+    class_data: str = _f("", "Folder of class images. Empty: <run>/class_images/, filled by the base model; images "
+                         "already there count toward num_class_images and are reused.", "method", widget="path")
+    num_class_images: int = _f(100, "Class images for prior preservation; missing ones are generated with the base "
+                               "model before training.", "method", min=1, max=100_000)
+    prior_loss_weight: float = _f(1.0, "Weight of the class-image loss: loss = instance mean + weight x class mean.",
+                                  "method", min=0.0, max=100.0)
     # ---- optimiser -----------------------------------------------------------------------------------------
     steps: int = _f(500, "Optimiser steps to train (one step = one global batch).", "optimiser", min=1, max=1_000_000)
     batch_size: int = _f(1, "Images per process per micro-batch.", "optimiser", min=1, max=1024)
@@ -195,9 +211,17 @@ class TrainConfig:
         if self.cache_latents and (self.random_flip or not self.center_crop or self.color_jitter):
             raise ConfigError("cache_latents: cached latents would freeze one random crop/flip per image. Fix: "
                               "cache_latents=False, or center_crop=True, random_flip=False, color_jitter=0.")
+        if self.uses_prior_preservation() and not (self.class_prompt or self.class_data):
+            raise ConfigError("class_prompt: prior preservation needs class images, drawn from class_prompt (the "
+                              "class word alone). Fix: class_prompt='a glyph' (for 'a sks glyph'), or class_data=DIR, "
+                              "or prior_preservation=False.")
         if not self.sample_seeds:
             raise ConfigError("sample_seeds: empty; expected at least one seed. Fix: sample_seeds=[0].")
         return self
+
+    def uses_prior_preservation(self) -> bool:
+        """prior_preservation, with its default resolved: on for method dreambooth, off otherwise."""
+        return self.prior_preservation if self.prior_preservation is not None else self.method == "dreambooth"
 
     # ---- conversion ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -261,6 +285,11 @@ def LoRAConfig(**kwargs) -> TrainConfig:
 def FullConfig(**kwargs) -> TrainConfig:
     """A TrainConfig with method='full' (every UNet weight trains)."""
     return TrainConfig(**{"method": "full", **kwargs})
+
+
+def DreamBoothConfig(**kwargs) -> TrainConfig:
+    """A TrainConfig with method='dreambooth' (full UNet, instance prompt, prior preservation on class images)."""
+    return TrainConfig(**{"method": "dreambooth", **kwargs})
 
 
 def _check_type(name, value, hint):

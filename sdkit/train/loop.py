@@ -214,6 +214,10 @@ class Trainer:
         self.latent_cache = {}  # dataset index -> (posterior mean, std), when cache_latents
         self.global_batch = c.batch_size * acc.num_processes * c.grad_accum
 
+        # 1e'. method hook (DreamBooth: generate/reuse class images with the base weights, before any resume)
+        if hasattr(self.method, "prepare"):
+            self.method.prepare(self)
+
         # 1f. resume
         if self.resume_from is not None:
             self._load_checkpoint(self.resume_from)
@@ -226,7 +230,12 @@ class Trainer:
         return int(perm[pos])
 
     def _micro_batch(self, step: int, micro: int):
-        """The samples of this process for micro-batch `micro` of optimiser step `step` (0-based)."""
+        """The samples of this process for micro-batch `micro` of optimiser step `step` (0-based); a method may add
+        samples of its own (DreamBooth: one class image per instance sample)."""
+        batch = self._instance_batch(step, micro)
+        return self.method.extend_batch(self, batch) if hasattr(self.method, "extend_batch") else batch
+
+    def _instance_batch(self, step: int, micro: int):
         c, acc = self.config, self.accelerator
         base = step * self.global_batch + micro * c.batch_size * acc.num_processes + acc.process_index * c.batch_size
         gs = list(range(base, base + c.batch_size))

@@ -3,7 +3,9 @@
 The loop (sdkit.train.loop) is the same for every method. A method:
 - `setup(unet, text_encoder)` freezes what stays frozen, adds adapters, returns optimiser parameter groups;
 - `state_dict(unet, text_encoder)` / `load_state_dict(...)` give the trainable weights (what a checkpoint holds);
-- `loss(per_sample, batch)` reduces per-sample losses (DreamBooth weighs class images here).
+- `loss(per_sample, batch)` reduces per-sample losses (DreamBooth weighs class images here);
+- optional `prepare(trainer)` (after the models load) and `extend_batch(trainer, batch)` (per micro-batch) let a
+  method add samples to the batch: DreamBooth's class images (sdkit.train.dreambooth).
 """
 from __future__ import annotations
 
@@ -116,4 +118,7 @@ METHODS = {"lora": LoRAMethod, "full": FullMethod}
 
 
 def make_method(config) -> Method:
+    if config.method == "dreambooth" or config.uses_prior_preservation() or config.instance_prompt:
+        from .dreambooth import make_dreambooth_method  # instance prompt, class images, prior-preservation loss
+        return make_dreambooth_method(config)
     return METHODS[config.method](config)
