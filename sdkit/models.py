@@ -98,6 +98,10 @@ def load_pipeline(name_or_path: str = "mini", torch_dtype=None, revision=None, d
                             f"{str(e).splitlines()[0]}). Offline? Use a local folder or the 'mini' preset; on Colab "
                             f"check the id (SD 1.5 lives at {PRESETS['sd15']['path']}).") from None
     pipe.set_progress_bar_config(disable=True)
+    if torch_dtype is None:
+        # Weights saved in fp16 (the mini pipeline) load in fp16 in transformers 5 but fp32 in diffusers:
+        # without a requested dtype, make every part fp32 so that training and sampling agree.
+        pipe.to(torch.float32)
     if device is not None:
         pipe.to(device)
     return pipe
