@@ -5,7 +5,7 @@
 """
 __version__ = "0.1.0"
 
-from .config import ConfigError, FullConfig, LoRAConfig, TrainConfig  # noqa: E402
+from .config import ConfigError, DreamBoothConfig, FullConfig, LoRAConfig, TrainConfig  # noqa: E402
 from .models import load_pipeline, make_tiny  # noqa: E402
 from .run import Run  # noqa: E402
 from .train import Callback, TrainingError, train  # noqa: E402
@@ -17,5 +17,5 @@ def show(run_or_path, **kwargs):
     return _show(run_or_path, **kwargs)
 
 
-__all__ = ["TrainConfig", "LoRAConfig", "FullConfig", "ConfigError", "train", "Run", "Callback", "TrainingError",
+__all__ = ["TrainConfig", "LoRAConfig", "FullConfig", "DreamBoothConfig", "ConfigError", "train", "Run", "Callback", "TrainingError",
            "load_pipeline", "make_tiny", "show", "__version__"]
