@@ -16,8 +16,6 @@ from sdkit.mini.judge import Judge
 from conftest import PYTHON, ROOT
 
 MINI = ROOT / "data_samples" / "mini-sd"
-pytestmark = pytest.mark.skipif(not (MINI / "model_index.json").is_file(),
-                                reason="data_samples/mini-sd is built by `python -m sdkit mini build`")
 
 
 def _quick_score(pipe, n_prompts=24, seeds=(0, 1)):
