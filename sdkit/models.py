@@ -101,7 +101,9 @@ def load_pipeline(name_or_path: str = "mini", torch_dtype=None, revision=None, d
     if torch_dtype is None:
         # Weights saved in fp16 (the mini pipeline) load in fp16 in transformers 5 but fp32 in diffusers:
         # without a requested dtype, make every part fp32 so that training and sampling agree.
-        pipe.to(torch.float32)
+        for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+            if part.dtype != torch.float32:
+                part.to(torch.float32)
     if device is not None:
         pipe.to(device)
     return pipe
