@@ -57,7 +57,8 @@ def quickstart(out="runs/quickstart", steps=None, quick=None):
     # ~100 CPU steps on the mini pipeline (attention alone learns colours and words, not a new outline).
     targets = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2,proj_in,proj_out,conv1,conv2"
     config = TrainConfig(model=model, data=str(data), method="lora", steps=steps, lr=1e-3, lora_rank=8,
-                         lora_targets=targets, cache_latents=True, batch_size=8, sample_every=max(steps // 3, 1), checkpoint_every=max(steps // 3, 1),
+                         lora_targets=targets, cache_latents=True, batch_size=8,
+                         sample_every=max(steps // 4, 1), checkpoint_every=max(steps // 4, 1),
                          sample_prompts=prompts, sample_seeds=[0, 1], out=out)
     out_path = Path(out)
     if (out_path / "checkpoints").is_dir():
