@@ -31,6 +31,9 @@ def test_mini_loads_with_from_pretrained_and_by_preset():
     pipe = StableDiffusionPipeline.from_pretrained(str(MINI))
     assert pipe.tokenizer.model_max_length == 77 and len(pipe.tokenizer) == 49408
     assert sdkit.load_pipeline("mini").unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    # a plain from_pretrained pipeline draws (every part in one dtype)
+    assert pipe("a red seven on a blue background", num_inference_steps=2, output_type="np").images.shape == \
+        (1, 32, 32, 3)
     size = sum(f.stat().st_size for f in MINI.rglob("*") if f.is_file())
     assert size < 30e6, f"mini-sd is {size / 1e6:.1f} MB; the budget is 30 MB"
 

@@ -94,7 +94,17 @@ def export_trained(run, init_dir, out_dir, use_ema: bool = True, dtype=torch.flo
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    pipe.to(dtype).save_pretrained(str(tmp))
+    # UNet and VAE in fp16 on disk (diffusers loads them as fp32 unless asked); the text encoder stays fp32 because
+    # transformers keeps the saved dtype, and a half text encoder beside a float UNet breaks a plain from_pretrained.
+    pipe.unet.to(dtype), pipe.vae.to(dtype)
+    pipe.text_encoder.to(torch.float32)
+    pipe.save_pretrained(str(tmp))
+    # transformers 5 writes the tokenizer as a 3.6 MB tokenizer.json; vocab.json + merges.txt (the same CLIP BPE,
+    # 1.5 MB) keep the folder inside its size budget and load in every transformers version.
+    from ..models import TOKENIZER_DIR
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(TOKENIZER_DIR / name, tmp / "tokenizer" / name)
+    (tmp / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
