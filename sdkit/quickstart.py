@@ -20,7 +20,7 @@ __all__ = ["quickstart", "write_shapes_folder"]
 SHAPE_COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (235, 210, 40)}
 
 
-def write_shapes_folder(folder, n: int = 16, size: int = 32) -> Path:
+def write_shapes_folder(folder, n: int = 16, size: int = 32, prefix: str = "shape") -> Path:
     """A folder of n PNGs (a coloured square or disc on white) with .txt captions: a dataset made on the spot."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -33,8 +33,8 @@ def write_shapes_folder(folder, n: int = 16, size: int = 32) -> Path:
             img[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = SHAPE_COLOURS[name]
         else:
             img[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2] = SHAPE_COLOURS[name]
-        Image.fromarray(img).save(folder / f"shape_{i:02d}.png")
-        (folder / f"shape_{i:02d}.txt").write_text(f"a {name} {shape} on a white background\n")
+        Image.fromarray(img).save(folder / f"{prefix}_{i:02d}.png")
+        (folder / f"{prefix}_{i:02d}.txt").write_text(f"a {name} {shape} on a white background\n")
     return folder
 
 

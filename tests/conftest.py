@@ -3,33 +3,18 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 
-COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (235, 210, 40)}
-
 
 def write_captioned_folder(folder: Path, n: int = 8, size: int = 64) -> Path:
     """n PNGs (a coloured square or disc on white) with .txt captions naming colour and shape."""
-    folder.mkdir(parents=True, exist_ok=True)
-    yy, xx = np.mgrid[:size, :size]
-    for i in range(n):
-        name = list(COLOURS)[i % len(COLOURS)]
-        shape = "square" if i % 2 == 0 else "disc"
-        img = np.full((size, size, 3), 240, np.uint8)
-        if shape == "square":
-            img[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = COLOURS[name]
-        else:
-            img[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2] = COLOURS[name]
-        Image.fromarray(img).save(folder / f"img_{i:02d}.png")
-        (folder / f"img_{i:02d}.txt").write_text(f"a {name} {shape} on a white background\n")
-    return folder
+    from sdkit.quickstart import write_shapes_folder
+    return write_shapes_folder(folder, n=n, size=size, prefix="img")
 
 
 @pytest.fixture(scope="session")
