@@ -4,7 +4,8 @@ A checkpoint is a folder `checkpoints/step_XXXXXX/` holding
   trainable.safetensors   the trained weights (LoRA adapters, or the whole UNet for method full)
   optimizer.safetensors   optimiser tensors (Adam moments ...), with optimizer.json for the rest
   ema.safetensors         the EMA weights, when EMA is on
-  state.json              step, learning-rate schedule, torch RNG, data position
+  state.json              step, learning-rate schedule, global batch (noise and data order are re-derived
+                          from the seed and the global sample index, so no RNG state needs saving)
 It is written to `.tmp_step_XXXXXX/`, flushed, then renamed; `checkpoints/latest` (a one-line text file) is replaced
 atomically after the rename. A kill at any moment leaves either the old or the new checkpoint, never half of one.
 """

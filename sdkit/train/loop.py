@@ -360,7 +360,8 @@ class Trainer:
                     last_log = now
                     self.emit("on_log", logs)
                 self.emit("on_step_end", logs)
-                acc.wait_for_everyone() if acc.num_processes > 1 else None
+                if acc.num_processes > 1:
+                    acc.wait_for_everyone()
         except torch.OutOfMemoryError as e:
             raise TrainingError(self._oom_advice(e)) from None
         except KeyboardInterrupt:
@@ -488,7 +489,7 @@ class Trainer:
             trainable = self.method.state_dict(unet, te)
             state = {"lr_schedule": {k: v for k, v in self.lr_schedule.state_dict().items()
                                      if k in ("last_epoch", "_step_count", "base_lrs", "_last_lr")},
-                     "torch_rng": None, "global_batch": self.global_batch, "method": c.method,
+                     "global_batch": self.global_batch, "method": c.method,
                      "resolution": self.resolution, "model": c.model}
             path = write_checkpoint(self.run_dir / "checkpoints", self.step, trainable,
                                     self.optimizer.state_dict(), state,

@@ -1,6 +1,6 @@
 """Write notebooks/04_lora.ipynb and notebooks/05_dreambooth.ipynb (clean: no outputs, no widget state).
 
-    python bench/make_notebooks_04_05.py
+    python scripts/make_notebooks_04_05.py
 Edit the cells here, not in Jupyter, so the two notebooks keep one setup cell and one style.
 """
 from pathlib import Path
