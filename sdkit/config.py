@@ -73,15 +73,31 @@ class TrainConfig:
                              "concept depends on colour).", "data", min=0.0, max=1.0)
     num_workers: int = _f(0, "Data-loader worker processes (0: load in the training process).", "data", min=0, max=32)
     # ---- method --------------------------------------------------------------------------------------------
-    method: str = _f("lora", "What trains: lora (small adapters on attention), full (every UNet weight), or "
-                     "dreambooth (every UNet weight, instance prompt + prior preservation on class images).", "method",
-                     choices=["lora", "full", "dreambooth"])
+    method: str = _f("lora", "What trains: lora (small adapters on attention), full (every UNet weight), "
+                     "dreambooth (every UNet weight, instance prompt + prior preservation on class images), "
+                     "textual-inversion (new token vectors only), loha / lokr (LyCORIS adapters via peft), locon "
+                     "(LoRA on attention and the ResNet convs), hypernetwork (A1111-style MLPs on the cross-attention "
+                     "key/value context).", "method",
+                     choices=["lora", "full", "dreambooth", "textual-inversion", "loha", "lokr", "locon",
+                              "hypernetwork"])
     lora_rank: int = _f(4, "LoRA rank (network dim): size of each low-rank update.", "method", min=1, max=256)
     lora_alpha: typing.Optional[float] = _f(None, "LoRA alpha: the update is scaled by alpha/rank. Empty: alpha = rank "
                                             "(scale 1).", "method", min=0.0, max=1024.0)
     lora_dropout: float = _f(0.0, "Dropout on the LoRA branch during training.", "method", min=0.0, max=0.9)
     lora_targets: str = _f("to_q,to_k,to_v,to_out.0", "Comma-separated module names that get LoRA adapters "
                            "(UNet attention projections by default).", "method")
+    token: str = _f("", "Textual inversion: the new token that names the concept (e.g. <sks>); write it in the "
+                    "captions or set trigger_token to the same string.", "method")
+    init_token: str = _f("", "Textual inversion: an existing word whose embedding starts the new vectors (e.g. "
+                         "glyph). Empty: small random vectors.", "method")
+    num_vectors: int = _f(1, "Textual inversion: vectors per token (more = more capacity, more of the 75-token "
+                          "prompt used).", "method", min=1, max=64)
+    lycoris_factor: int = _f(-1, "LoKr: Kronecker factor of each weight's shape (-1: as balanced as possible).",
+                             "method", min=-1, max=1024)
+    hypernetwork_layers: str = _f("1,2,1", "Hypernetwork: layer widths as multiples of the context size "
+                                  "(A1111's layer structure).", "method")
+    hypernetwork_activation: str = _f("linear", "Hypernetwork: activation between its layers.", "method",
+                                      choices=["linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid"])
     train_text_encoder: bool = _f(False, "Also train the text encoder (LoRA on its attention for method lora).",
                                   "method")
     text_encoder_lr: typing.Optional[float] = _f(None, "Learning rate of the text encoder. Empty: same as lr.",
@@ -143,6 +159,11 @@ class TrainConfig:
                                min=0, max=1_000_000)
     checkpoint_start: int = _f(0, "Save every K steps only from this step on (\"save every X from step Y\").",
                                "saving", min=0, max=1_000_000)
+    checkpoint_every_minutes: float = _f(0.0, "Also write a checkpoint every M minutes of training (EveryDream "
+                                         "style; 0: off).", "saving", min=0.0, max=100_000.0)
+    validation_split: float = _f(0.0, "Hold out this fraction of the images (at least 1) for a deterministic "
+                                 "validation loss, logged as val_loss at each checkpoint (0: off).", "saving",
+                                 min=0.0, max=0.5)
     keep_last: int = _f(0, "Keep only the newest N checkpoints (0: keep all).", "saving", min=0, max=10_000)
     resume: typing.Optional[str] = _f(None, "Continue a run: 'latest' (from `out`'s latest checkpoint) or a "
                                       "checkpoint folder.", "saving")

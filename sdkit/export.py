@@ -29,7 +29,17 @@ __all__ = ["FORMATS", "export", "lora_state", "kohya_name", "peft_to_kohya", "ko
            "export_diffusers", "export_kohya", "export_pipeline", "export_single_file", "lora_modules",
            "to_ldm_state_dict", "save_single_file"]
 
-FORMATS = ("diffusers", "kohya", "pipeline", "single-file")
+# format -> (writer: a function here or "module:function", default file name under RUN/export/)
+_WRITERS = {
+    "diffusers": ("export_diffusers", "diffusers"),
+    "kohya": ("export_kohya", "{name}.safetensors"),
+    "pipeline": ("export_pipeline", "pipeline"),
+    "single-file": ("export_single_file", "{name}-sd.safetensors"),
+    "embedding": ("sdkit.train.textual_inversion:export_embedding", "{name}-embedding.safetensors"),
+    "lycoris": ("sdkit.train.lycoris:export_lycoris", "{name}-lycoris.safetensors"),
+    "hypernetwork": ("sdkit.train.hypernetwork:export_hypernetwork", "{name}.pt"),
+}
+FORMATS = tuple(_WRITERS)
 _LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
 
 
@@ -47,7 +57,7 @@ def lora_state(run, checkpoint=None):
     from .train.checkpoint import find_checkpoint
     run = _open(run)
     c = run.config
-    if c.method != "lora":  # LoRA DreamBooth is method lora with prior_preservation
+    if c.method not in ("lora", "locon"):  # LoRA DreamBooth is method lora with prior_preservation
         raise ValueError(f"{run.path}: method {c.method!r} trains whole weights, not a LoRA. Fix: export it with "
                          f"--format pipeline or --format single-file.")
     path = find_checkpoint(run.path, checkpoint or "latest")
@@ -318,11 +328,15 @@ def export(run, format: str, out=None, checkpoint=None) -> Path:
     run = _open(run)
     if format not in FORMATS:
         raise ValueError(f"format: {format!r}; expected one of {', '.join(FORMATS)}.")
+    writer, default_name = _WRITERS[format]
     if out is None:
-        out = run.path / "export" / {"diffusers": "diffusers", "kohya": f"{run.path.name}.safetensors",
-                                      "pipeline": "pipeline", "single-file": f"{run.path.name}-sd.safetensors"}[format]
-    fn = {"diffusers": export_diffusers, "kohya": export_kohya, "pipeline": export_pipeline,
-          "single-file": export_single_file}[format]
+        out = run.path / "export" / default_name.format(name=run.path.name)
+    if ":" in writer:
+        import importlib
+        module, attr = writer.split(":")
+        fn = getattr(importlib.import_module(module), attr)
+    else:
+        fn = globals()[writer]
     return fn(run, out, checkpoint)
 
 

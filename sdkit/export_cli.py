@@ -16,7 +16,10 @@ def _cmd_export(args):
     hint = {"diffusers": f"pipe.load_lora_weights({str(path)!r})",
             "kohya": "copy it to A1111's models/Lora or ComfyUI's models/loras; or pipe.load_lora_weights(...)",
             "pipeline": f"StableDiffusionPipeline.from_pretrained({str(path)!r})",
-            "single-file": "copy it to A1111's models/Stable-diffusion or ComfyUI's models/checkpoints"}[args.format]
+            "single-file": "copy it to A1111's models/Stable-diffusion or ComfyUI's models/checkpoints",
+            "embedding": f"pipe.load_textual_inversion({str(path)!r}, token=...); A1111: models/../embeddings/",
+            "lycoris": "copy it to A1111's models/Lora (1.5+ reads LoHa/LoKr) or ComfyUI's models/loras",
+            "hypernetwork": "copy it to A1111's models/hypernetworks"}[args.format]
     print(f"wrote {path}\n  load: {hint}")
     return 0
 

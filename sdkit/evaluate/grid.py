@@ -59,11 +59,13 @@ class CheckpointSwitcher:
         self.config = run.config
         self.pipe = load_pipeline(self.config.model, revision=self.config.revision)
         self.method = make_method(self.config)
+        if hasattr(self.method, "prepare_pipeline"):
+            self.method.prepare_pipeline(self.pipe)
         torch.manual_seed(self.config.seed)
         self.method.setup(self.pipe.unet, self.pipe.text_encoder)
         self.base_state = {k: v.detach().clone() for k, v in
                            self.method.state_dict(self.pipe.unet, self.pipe.text_encoder).items()}
-        if self.config.method == "lora":  # a fresh LoRA must be a no-op; say so loudly if a peft change breaks it
+        if self.is_lora:  # a fresh LoRA must be a no-op; say so loudly if a peft change breaks it
             for k, v in self.base_state.items():
                 if "lora_B" in k:
                     v.zero_()
@@ -74,7 +76,7 @@ class CheckpointSwitcher:
 
     @property
     def is_lora(self) -> bool:
-        return self.config.method == "lora"
+        return self.config.method in ("lora", "locon")
 
     def use(self, name: str):
         """Load checkpoint `name` (step_XXXXXX; step_000000 = the base model) into the pipeline; return it."""

@@ -162,6 +162,8 @@ class Trainer:
         self.vae.requires_grad_(False)
         self.vae.eval()
         self.method = make_method(c)
+        if hasattr(self.method, "prepare_pipeline"):  # e.g. textual inversion adds its token to the tokenizer
+            self.method.prepare_pipeline(pipe)
         torch.manual_seed(c.seed)  # adapter initialisation (LoRA A matrices) is part of the seeded run
         param_groups = self.method.setup(self.unet, self.text_encoder)
         if c.attention == "xformers":
@@ -267,6 +269,8 @@ class Trainer:
 
     # ---- 3. the loss ---------------------------------------------------------------------------------------
     def encode_text(self, captions):
+        if hasattr(self.method, "convert_captions"):
+            captions = self.method.convert_captions(captions)
         ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids.to(self.accelerator.device)
         return self.text_encoder(ids)[0]
@@ -543,6 +547,8 @@ def pipeline_from_checkpoint(run, checkpoint=None, device="cpu"):
     path = find_checkpoint(run.path, checkpoint or "latest")
     pipe = load_pipeline(config.model, revision=config.revision)
     method = make_method(config)
+    if hasattr(method, "prepare_pipeline"):
+        method.prepare_pipeline(pipe)
     method.setup(pipe.unet, pipe.text_encoder)
     method.load_state_dict(pipe.unet, pipe.text_encoder, load_file(Path(path) / "trainable.safetensors"))
     pipe.unet.eval(), pipe.text_encoder.eval()

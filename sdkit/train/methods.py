@@ -4,6 +4,9 @@ The loop (sdkit.train.loop) is the same for every method. A method:
 - `setup(unet, text_encoder)` freezes what stays frozen, adds adapters, returns optimiser parameter groups;
 - `state_dict(unet, text_encoder)` / `load_state_dict(...)` give the trainable weights (what a checkpoint holds);
 - `loss(per_sample, batch)` reduces per-sample losses (DreamBooth weighs class images here);
+- optional `prepare_pipeline(pipe)` (before `setup`, in training and when a checkpoint is loaded for sampling or
+  export): a method that changes the tokenizer or the attention processors does it here (textual inversion);
+- optional `convert_captions(captions)`: rewrite captions before tokenising (multi-vector textual inversion);
 - optional `prepare(trainer)` (after the models load) and `extend_batch(trainer, batch)` (per micro-batch) let a
   method add samples to the batch: DreamBooth's class images (sdkit.train.dreambooth).
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["Method", "LoRAMethod", "FullMethod", "METHODS", "make_method"]
+__all__ = ["Method", "LoRAMethod", "FullMethod", "LoConMethod", "METHODS", "method_class", "make_method"]
 
 TEXT_ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
@@ -114,11 +117,42 @@ class FullMethod(Method):
             text_encoder.load_state_dict(_split(state, "text_encoder."))
 
 
-METHODS = {"lora": LoRAMethod, "full": FullMethod}
+class LoConMethod(LoRAMethod):
+    """LoCon (LyCORIS' name): LoRA on the attention projections *and* the ResNet convolutions (peft LoRA handles
+    Conv2d). Exported in the kohya layout, which AUTOMATIC1111 and ComfyUI load with conv weights."""
+    name = "locon"
+    CONV_TARGETS = "conv1,conv2,conv_shortcut,proj_in,proj_out"
+
+    def setup(self, unet, text_encoder):
+        c = self.config
+        targets = [t.strip() for t in c.lora_targets.split(",") if t.strip()]
+        extra = [t for t in self.CONV_TARGETS.split(",") if t not in targets]
+        self.config = c.replace(lora_targets=",".join(targets + extra))
+        try:
+            return super().setup(unet, text_encoder)
+        finally:
+            self.config = c
+
+
+# A method is a class here or "module:Class" imported when first used (each lives in its own file).
+METHODS = {"lora": LoRAMethod, "full": FullMethod, "locon": LoConMethod,
+           "textual-inversion": "sdkit.train.textual_inversion:TextualInversionMethod",
+           "loha": "sdkit.train.lycoris:LoHaMethod", "lokr": "sdkit.train.lycoris:LoKrMethod",
+           "hypernetwork": "sdkit.train.hypernetwork:HypernetworkMethod"}
+
+
+def method_class(name: str):
+    cls = METHODS[name]
+    if isinstance(cls, str):
+        import importlib
+        module, attr = cls.split(":")
+        cls = getattr(importlib.import_module(module), attr)
+    return cls
 
 
 def make_method(config) -> Method:
-    if config.method == "dreambooth" or config.uses_prior_preservation() or config.instance_prompt:
+    if config.method == "dreambooth" or (config.method in ("lora", "full") and (config.uses_prior_preservation()
+                                                                                or config.instance_prompt)):
         from .dreambooth import make_dreambooth_method  # instance prompt, class images, prior-preservation loss
         return make_dreambooth_method(config)
-    return METHODS[config.method](config)
+    return method_class(config.method)(config)
