@@ -164,8 +164,13 @@ def _adapter_metadata(sd, rank, alpha):
 
 def export_diffusers(run, out, checkpoint=None) -> Path:
     """A folder with pytorch_lora_weights.safetensors (+ adapter metadata: rank, alpha) for `load_lora_weights`."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    from .models import resolve_model
+    from .sdxl import is_sdxl_model
     run = _open(run)
+    # SDXL runs: the SDXL loader's writer (same unet.* keys; an SDXL pipeline's load_lora_weights reads them)
+    sdxl = is_sdxl_model(resolve_model(run.config.model), run.config.revision)
+    cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
     unet_sd, te_sd, rank, alpha = lora_state(run, checkpoint)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +178,7 @@ def export_diffusers(run, out, checkpoint=None) -> Path:
     # `convert_state_dict_to_diffusers` renames attention keys only, so a LoRA that also targets feed-forward or
     # conv layers came out half in one format, half in the other, and the attention half was dropped at load.
     # The metadata (rank, alpha, exact module paths) makes the loaded scale alpha/rank the trained one.
-    StableDiffusionPipeline.save_lora_weights(
+    cls.save_lora_weights(
         out, unet_lora_layers=unet_sd, text_encoder_lora_layers=te_sd or None,
         unet_lora_adapter_metadata=_adapter_metadata(unet_sd, rank, alpha),
         text_encoder_lora_adapter_metadata=_adapter_metadata(te_sd, rank, alpha) if te_sd else None,
@@ -194,9 +199,9 @@ def merged_pipeline(run, checkpoint=None):
     """The run's pipeline with every trained weight in place and no adapter layers left (LoRA merged)."""
     run = _open(run)
     pipe = run.load_pipeline(checkpoint)
+    from peft.tuners.tuners_utils import BaseTunerLayer
     for model in (pipe.unet, pipe.text_encoder):
-        if any("lora_A" in n for n, _ in model.named_parameters()):
-            from peft.tuners.tuners_utils import BaseTunerLayer
+        if any(isinstance(m, BaseTunerLayer) for m in model.modules()):  # LoRA, LoHa, LoKr: all merge the same way
             # merge each LoRA layer into its base weight, then swap the wrapper for the base layer
             for name, module in list(model.named_modules()):
                 if isinstance(module, BaseTunerLayer):

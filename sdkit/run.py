@@ -62,6 +62,12 @@ class Run:
         return [by_step[s] for s in sorted(by_step)]
 
     @property
+    def validation(self) -> list:
+        """Validation-split losses at each checkpoint ({step, val_loss, val_loss_per_t, val_n}), in step order."""
+        by_step = {e["step"]: e for e in self.events if e.get("event") == "validation"}
+        return [by_step[s] for s in sorted(by_step)]
+
+    @property
     def samples(self) -> dict:
         """{step: [png paths]} for every sample folder, step 0 first (grids excluded)."""
         root = self.path / "samples"

@@ -11,7 +11,7 @@ import json
 import time
 
 __all__ = ["Callback", "ProgressCallback", "MetricsCallback", "TensorBoardCallback", "SampleCallback",
-           "CheckpointCallback", "PrintCallback"]
+           "CheckpointCallback", "PrintCallback", "ValidationCallback"]
 
 
 class Callback:
@@ -48,14 +48,43 @@ class CheckpointCallback(Callback):
     """Asks for a checkpoint every `checkpoint_every` steps from `checkpoint_start`, and at the end of training."""
     all_processes = True
 
+    def on_train_start(self, trainer):
+        self.last_time = time.time()
+
     def on_step_end(self, trainer, logs):
         c = trainer.config
-        if c.checkpoint_every and trainer.step >= c.checkpoint_start and trainer.step % c.checkpoint_every == 0:
+        due = bool(c.checkpoint_every and trainer.step >= c.checkpoint_start and trainer.step % c.checkpoint_every == 0)
+        if c.checkpoint_every_minutes and trainer.step != c.steps:  # EveryDream-style: also every M minutes
+            due = trainer.agree(due or time.time() - self.last_time >= 60 * c.checkpoint_every_minutes)
+        if due:
             trainer.save_checkpoint()
+            self.last_time = time.time()
 
     def on_train_end(self, trainer, run):
         if trainer.step > 0 and trainer.last_checkpoint_step != trainer.step:
             trainer.save_checkpoint()
+
+
+class ValidationCallback(Callback):
+    """With validation_split: the deterministic validation loss of the held-out images at every checkpoint, written
+    to metrics.jsonl as an event `validation` (and to TensorBoard as val/loss). Main process only."""
+
+    def on_train_start(self, trainer):
+        names = [str(p) for p, _ in trainer.val_scan.items]
+        (trainer.run_dir / "validation_images.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+        trainer.message("info", f"validation split: {len(names)} held-out image(s) (listed in "
+                                f"validation_images.txt), {len(trainer.scan.items)} for training.")
+
+    def on_checkpoint(self, trainer, step, path):
+        result = trainer.validation_loss()
+        MetricsCallback._write(trainer, {"step": step, "event": "validation", "val_loss": result["val_loss"],
+                                         "val_loss_per_t": result["val_loss_per_t"], "val_n": result["val_n"],
+                                         "time": time.time()})
+        for c in trainer.callbacks:
+            if isinstance(c, TensorBoardCallback) and hasattr(c, "writer"):
+                c.writer.add_scalar("val/loss", result["val_loss"], step)
+        trainer.message("info", f"validation loss at step {step}: {result['val_loss']:.5f} "
+                                f"({result['val_n']} held-out images)")
 
 
 class MetricsCallback(Callback):

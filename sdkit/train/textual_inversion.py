@@ -1,0 +1,177 @@
+"""Textual inversion (Gal et al. 2022): learn new token vectors only; the UNet and the text encoder stay frozen.
+
+    sdkit.train(TrainConfig(method="textual-inversion", token="<sks>", init_token="glyph", num_vectors=2,
+                            trigger_token="sks", model="mini", data="data_samples/glyph", lr=5e-3))
+    python -m sdkit export RUN --format embedding --out sks.safetensors
+    pipe.load_textual_inversion("sks.safetensors", token="<sks>")
+
+How it works here:
+- the token (and, for several vectors, `<sks>_1`, `<sks>_2`, ... — diffusers' convention, which
+  `load_textual_inversion` and the pipelines' prompt conversion use) is added to the tokenizer and the embedding
+  table grows by that many rows;
+- the vectors are one small trainable tensor; a forward hook on the token-embedding layer puts them in place of
+  the new rows. Nothing else has a gradient, so no frozen row can drift (diffusers' example instead trains the
+  whole table and restores the old rows after every step, with optimiser state for all 49,408 rows);
+- a caption gets the token where its `trigger_token` word is (`a white sks glyph` -> `a white <sks> glyph`), or
+  in front when it has neither; several vectors are written out as `<sks> <sks>_1 ...` before tokenising.
+
+Export (`--format embedding`): one safetensors file with `emb_params` of shape (vectors, dim): AUTOMATIC1111's
+embedding layout (its prompt word is the file name) and one that diffusers' `load_textual_inversion` reads.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import ConfigError
+from .methods import Method
+
+__all__ = ["TextualInversionMethod", "TokenVectors", "export_embedding", "embedding_state"]
+
+
+class TokenVectors(nn.Module):
+    """The learned vectors of the new token ids `first_id .. first_id + n - 1`, put in place by a forward hook."""
+
+    def __init__(self, first_id: int, vectors: torch.Tensor):
+        super().__init__()
+        self.first_id = int(first_id)
+        self.vectors = nn.Parameter(vectors.clone())
+
+    def hook(self, module, inputs, output):
+        ids = inputs[0]
+        mask = (ids >= self.first_id) & (ids < self.first_id + self.vectors.shape[0])
+        if not bool(mask.any()):
+            return output
+        out = output.clone()
+        out[mask] = self.vectors[ids[mask] - self.first_id].to(out.dtype)
+        return out
+
+
+class TextualInversionMethod(Method):
+    name = "textual-inversion"
+
+    def __init__(self, config):
+        super().__init__(config)
+        token = config.token.strip()
+        if not token:
+            raise ConfigError("token: textual inversion needs the new token that names the concept. Fix: "
+                              "--token '<sks>' (a string the tokenizer does not know yet).")
+        if re.search(r"\s", token):
+            raise ConfigError(f"token: {token!r} contains whitespace; a token is one word. Fix: e.g. '<sks>'.")
+        self.token = token
+        self.tokens = [token] + [f"{token}_{i}" for i in range(1, config.num_vectors)]
+        self.module = None
+
+    def trains_text_encoder(self) -> bool:
+        return True  # the gradient flows through the (frozen) text encoder to the vectors
+
+    # ---- models ----------------------------------------------------------------------------------------------
+    def prepare_pipeline(self, pipe):
+        """Add the token(s) to the tokenizer, grow the embedding table, install the vectors (initialised)."""
+        tok, te = pipe.tokenizer, pipe.text_encoder
+        if self.token in tok.get_vocab():
+            raise ConfigError(f"token: {self.token!r} is already in the tokenizer's vocabulary, so its meaning would "
+                              f"be overwritten. Fix: a new string such as '<{self.token.strip('<>')}-ti>'.")
+        added = tok.add_tokens(self.tokens)
+        ids = tok.convert_tokens_to_ids(self.tokens)
+        if added != len(self.tokens) or ids != list(range(ids[0], ids[0] + len(ids))):
+            raise ConfigError(f"token: could not add {self.tokens} as new consecutive tokens (got ids {ids}). Fix: "
+                              f"choose a token string not already added to this tokenizer.")
+        te.resize_token_embeddings(len(tok), mean_resizing=False)
+        emb = te.get_input_embeddings()
+        weight = emb.weight.detach().float()
+        c = self.config
+        if c.init_token:
+            init_ids = tok.encode(c.init_token, add_special_tokens=False)
+            if not init_ids or len(init_ids) > 8:
+                raise ConfigError(f"init_token: {c.init_token!r} is {len(init_ids)} tokens for this tokenizer; "
+                                  f"expected a word of 1-8 pieces. Fix: a common word for the concept's class "
+                                  f"(e.g. glyph, dog, painting).")
+            pieces = weight[init_ids]
+            # one vector per piece when the counts match (kohya's way: 'glyph' = 'gly' + 'ph' -> 2 vectors);
+            # otherwise every vector starts at the pieces' mean
+            vectors = pieces if len(init_ids) == len(self.tokens) else pieces.mean(0).repeat(len(self.tokens), 1)
+        else:
+            g = torch.Generator().manual_seed(c.seed)
+            vectors = torch.randn(len(self.tokens), weight.shape[1], generator=g) * weight.std()
+        with torch.no_grad():  # the table's rows hold the same values (what a plain save of the encoder would keep)
+            emb.weight[ids[0]:ids[0] + len(ids)] = vectors.to(emb.weight.dtype)
+        self.module = TokenVectors(ids[0], vectors)
+        te.add_module("sdkit_token_vectors", self.module)  # moves with the encoder (.to(device), dtype)
+        emb.register_forward_hook(self.module.hook)
+        self.tokenizer = tok
+
+    def setup(self, unet, text_encoder):
+        if self.module is None:
+            raise RuntimeError("textual inversion: prepare_pipeline(pipe) must run before setup()")
+        unet.requires_grad_(False)
+        text_encoder.requires_grad_(False)
+        self.module.vectors.requires_grad_(True)
+        return [{"params": [self.module.vectors], "lr": self.config.lr}]
+
+    def state_dict(self, unet, text_encoder):
+        return {"token_vectors": self.module.vectors.detach()}
+
+    def load_state_dict(self, unet, text_encoder, state):
+        v = state["token_vectors"]
+        if v.shape != self.module.vectors.shape:
+            raise ConfigError(f"textual inversion checkpoint holds {tuple(v.shape)} vectors, this run expects "
+                              f"{tuple(self.module.vectors.shape)} (num_vectors x embedding size). Fix: resume with "
+                              f"the num_vectors the run was trained with.")
+        with torch.no_grad():
+            self.module.vectors.copy_(v.to(self.module.vectors.device, self.module.vectors.dtype))
+
+    # ---- captions ----------------------------------------------------------------------------------------------
+    def with_token(self, caption: str) -> str:
+        """Put the token in a caption: in place of the trigger word if it has one, else in front."""
+        if self.token in caption:
+            return caption
+        trigger = self.config.trigger_token.strip()
+        if trigger and re.search(rf"(?<!\S){re.escape(trigger)}(?!\S)", caption):
+            return re.sub(rf"(?<!\S){re.escape(trigger)}(?!\S)", self.token, caption)
+        return f"{self.token} {caption}".strip()
+
+    def expand(self, caption: str) -> str:
+        """`<sks>` -> `<sks> <sks>_1 ...` for several vectors (what diffusers' pipelines do with a loaded one)."""
+        if len(self.tokens) == 1:
+            return caption
+        return re.sub(rf"{re.escape(self.token)}(?!_\d)", " ".join(self.tokens), caption)
+
+    def convert_captions(self, captions):
+        return [self.expand(self.with_token(c)) if c else c for c in captions]
+
+    def sample_prompt(self, prompt: str) -> str:
+        """Sample prompts go to a pipeline, which expands several vectors itself: only put the token in."""
+        return self.with_token(prompt)
+
+
+# ---- export ------------------------------------------------------------------------------------------------------
+def embedding_state(run, checkpoint=None):
+    """(vectors (n, dim) float32, token) of a textual-inversion run at `checkpoint` (default: latest)."""
+    from safetensors.torch import load_file
+    from ..run import Run
+    from .checkpoint import find_checkpoint
+    run = run if isinstance(run, Run) else Run(run)
+    c = run.config
+    if c.method != "textual-inversion":
+        raise ValueError(f"{run.path}: method {c.method!r} did not train a textual-inversion embedding. Fix: export "
+                         f"it with the format of its method (see `python -m sdkit export --help`).")
+    path = find_checkpoint(run.path, checkpoint or "latest")
+    return load_file(str(Path(path) / "trainable.safetensors"))["token_vectors"].float(), c.token
+
+
+def export_embedding(run, out, checkpoint=None, dtype=torch.float32) -> Path:
+    """Write the embedding as `{"emb_params": (n, dim)}` safetensors (AUTOMATIC1111 and diffusers read it)."""
+    from safetensors.torch import save_file
+    vectors, token = embedding_state(run, checkpoint)
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        out = out / f"{token.strip('<>') or 'embedding'}.safetensors"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"emb_params": vectors.to(dtype).contiguous()}, str(out),
+              metadata={"token": token, "num_vectors": str(vectors.shape[0]), "dim": str(vectors.shape[1]),
+                        "format": "textual-inversion (A1111 emb_params)"})
+    return out
