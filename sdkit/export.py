@@ -198,7 +198,13 @@ def export_pipeline(run, out, checkpoint=None) -> Path:
 def merged_pipeline(run, checkpoint=None):
     """The run's pipeline with every trained weight in place and no adapter layers left (LoRA merged)."""
     run = _open(run)
+    if run.config.method == "hypernetwork":
+        raise ValueError(f"{run.path}: a hypernetwork cannot be merged into the weights (it transforms the text "
+                         f"context at every cross-attention). Fix: --format hypernetwork (A1111's .pt).")
     pipe = run.load_pipeline(checkpoint)
+    vectors = getattr(pipe.text_encoder, "sdkit_token_vectors", None)
+    if vectors is not None:  # textual inversion: the new token's rows hold the trained vectors
+        vectors.bake(pipe.text_encoder)
     from peft.tuners.tuners_utils import BaseTunerLayer
     for model in (pipe.unet, pipe.text_encoder):
         if any(isinstance(m, BaseTunerLayer) for m in model.modules()):  # LoRA, LoHa, LoKr: all merge the same way

@@ -153,3 +153,12 @@ def test_everydream_full_finetune(tiny_model, data8, tmp_path):
     assert changed_unet > 0 and changed_te > 0
     single = export(run, "single-file", out=tmp_path / "ed.safetensors")
     assert Path(single).stat().st_size > 0
+
+
+def test_textual_inversion_pipeline_export_keeps_the_token(ti_run, tmp_path):
+    """--format pipeline bakes the vectors into the embedding table: a plain from_pretrained draws the concept."""
+    from diffusers import StableDiffusionPipeline
+    folder = export(ti_run, "pipeline", out=tmp_path / "pipe")
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
+    assert "<sks>_1" in pipe.tokenizer.get_vocab()
+    np.testing.assert_allclose(_img(pipe, "a <sks> square"), _img(ti_run.load_pipeline(), "a <sks> square"), atol=1.0)

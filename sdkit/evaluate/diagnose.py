@@ -119,10 +119,13 @@ def diagnose_series(train_steps, train_loss, val_steps=(), val_loss=(), memorisa
     pick, pick_v = _val_pick(vs, vl)
     blown = None
     start = float(np.median(tl[:max(1, len(tl) // 10)])) if len(tl) else 0.0
-    if len(tl) >= 2 and tl[1:].max() > 10 * max(start, 1e-12):
-        k = int(np.argmax(tl))
-        blown = (f"the training loss jumped to {tl[k]:.4g} at step {int(ts[k])}, over 10x its start "
-                 f"({start:.4g}); a denoising MSE of healthy weights stays near 1 or below")
+    # a blow-up is sustained: single steps at small timesteps can be 10x the typical loss in a healthy run, so
+    # look at a 5-point moving median (3 of 5 consecutive logged steps must be that high)
+    med5 = np.array([np.median(tl[max(0, i - 2): i + 3]) for i in range(len(tl))]) if len(tl) >= 5 else tl
+    if len(tl) >= 2 and med5[1:].max() > 10 * max(start, 1e-12):
+        k = 1 + int(np.argmax(med5[1:]))
+        blown = (f"the training loss stayed above 10x its start ({start:.4g}) around step {int(ts[k])} (5-step "
+                 f"moving median {med5[k]:.4g}); a denoising MSE of healthy weights stays near 1 or below")
     elif len(tl) >= 6:
         s = smooth(tl)
         lo, end, first = float(s.min()), float(s[-1]), float(s[0])

@@ -40,6 +40,15 @@ class TokenVectors(nn.Module):
         self.first_id = int(first_id)
         self.vectors = nn.Parameter(vectors.clone())
 
+    def bake(self, text_encoder) -> None:
+        """Write the vectors into the embedding table's rows and remove the hook and this module: the encoder is
+        then a plain CLIPTextModel that save_pretrained writes whole (a pipeline export)."""
+        emb = text_encoder.get_input_embeddings()
+        with torch.no_grad():
+            emb.weight[self.first_id:self.first_id + self.vectors.shape[0]] = self.vectors.to(emb.weight.dtype)
+        self.handle.remove()
+        del text_encoder._modules["sdkit_token_vectors"]
+
     def hook(self, module, inputs, output):
         ids = inputs[0]
         mask = (ids >= self.first_id) & (ids < self.first_id + self.vectors.shape[0])
@@ -101,7 +110,7 @@ class TextualInversionMethod(Method):
             emb.weight[ids[0]:ids[0] + len(ids)] = vectors.to(emb.weight.dtype)
         self.module = TokenVectors(ids[0], vectors)
         te.add_module("sdkit_token_vectors", self.module)  # moves with the encoder (.to(device), dtype)
-        emb.register_forward_hook(self.module.hook)
+        self.module.handle = emb.register_forward_hook(self.module.hook)
         self.tokenizer = tok
 
     def setup(self, unet, text_encoder):
