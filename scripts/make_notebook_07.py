@@ -1,0 +1,233 @@
+"""Write notebooks/07_more_methods.ipynb (clean: no outputs, no widget state).
+
+    python scripts/make_notebook_07.py
+Edit the cells here, not in Jupyter.
+"""
+import sys
+from pathlib import Path
+
+from nbformat.v4 import new_code_cell, new_markdown_cell
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_notebooks_04_05 import write  # noqa: E402  (one notebook writer for the course)
+
+SETUP = '''import os, sys, subprocess
+if "google.colab" in sys.modules and not os.path.isdir("sdkit"):
+    REPO = os.environ.get("SDKIT_REPO", "https://github.com/sdkit-course/sdkit")  # the course repository
+    subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, "sdkit"], check=True)
+    os.chdir("sdkit")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "."], check=True)
+if os.path.basename(os.getcwd()) == "notebooks":
+    os.chdir("..")  # work from the repository root
+
+import shutil, time, json
+from pathlib import Path
+import numpy as np
+import torch
+import matplotlib.pyplot as plt
+from IPython.display import display
+
+import sdkit
+from sdkit.sample import generate, label_grid
+from sdkit.export import export
+from sdkit.mini.compare import RECIPES, EXPORT_FORMAT, compare, table, train_method
+from sdkit.mini.concept import StarDetector, measure, CONCEPT_PROMPTS
+
+QUICK = os.environ.get("SDKIT_QUICK") == "1"   # CI and classrooms: a few minutes on a CPU
+MODEL = "mini" if Path("data_samples/mini-sd/model_index.json").is_file() else "tiny"
+WORK = Path("runs/nb07")
+shutil.rmtree(WORK, ignore_errors=True)
+WORK.mkdir(parents=True)
+STEPS = 20 if QUICK else 200            # training steps per method (batch 8)
+SEEDS = (0, 1) if QUICK else (0, 1, 2, 3)
+SAMPLE_STEPS = 4 if QUICK else 20       # denoising steps per picture
+print("sdkit", sdkit.__version__, "| model:", MODEL, "| GPU:", torch.cuda.is_available(), "| quick:", QUICK)
+'''
+
+
+def nb07():
+    cells = [new_markdown_cell('''# 07 · More methods: textual inversion, LoHa/LoKr/LoCon, hypernetworks, full fine-tune, SDXL, search, convert, Hub
+
+**The same concept — the sks glyph, a five-pointed star the mini model has never seen — taught seven ways, measured
+the same way: what trains, how big the file is, how long it takes, how well it learned, and what it broke.**
+
+### What you will learn
+- what each method trains, in one line and one number (trainable parameters, counted);
+- the comparison on one concept: file size, time, fidelity, bleeding (and why they rank as they do);
+- textual inversion end to end: the embedding file AUTOMATIC1111 and diffusers load, and why it cannot draw what the
+  model cannot already draw;
+- LoHa and LoKr as formulas you can check against the file they export (LyCORIS layout);
+- hypernetworks (AUTOMATIC1111's 2022 method) and why LoRA replaced them;
+- the EveryDream-style full fine-tune: text encoder, EMA, a validation split, checkpoints by the clock;
+- SDXL on the same loop (two text encoders, size and crop conditioning), a hyper-parameter search, safe conversion
+  of `.ckpt` files, and a Hub upload folder with its model card.
+
+### Time and memory
+| where | time | memory |
+|---|---|---|
+| CPU, quick mode (`SDKIT_QUICK=1`: 20 steps per method) | ~3-5 min | < 3 GB RAM |
+| CPU, full (200 steps per method, batch 8) | ~15-25 min | < 3 GB RAM |
+| Colab T4 (full) | ~5 min | < 3 GB VRAM |'''),
+             new_markdown_cell('''## Setup
+On Colab this clones the course repository and installs it; locally, run the notebook from a checkout.'''),
+             new_code_cell(SETUP),
+             new_markdown_cell('''## Step 1 · What each method trains — counted
+
+| method | what trains | the update |
+|---|---|---|
+| `lora` | low-rank pairs on chosen Linear layers | `W + (α/r)·B A` |
+| `locon` | LoRA on the attention *and* the ResNet convolutions | same, with `A` a conv |
+| `loha` | two low-rank pairs multiplied element-wise | `W + (α/r)·(B₁A₁) ⊙ (B₂A₂)` |
+| `lokr` | a Kronecker product of a small and a (low-rank) larger matrix | `W + (α/r)·(W₁ ⊗ W₂)` |
+| `textual-inversion` | new token vectors only; the model is frozen | a new word |
+| `hypernetwork` | two small MLPs rewriting the text context before K and V | `c + mlp(c)` |
+| `full` | every UNet weight (and the text encoder if asked) | `W` itself |
+
+Numbers, not adjectives: the cell builds each method on the mini pipeline (no training) and counts what would train.'''),
+             new_code_cell('''from sdkit.models import load_pipeline
+from sdkit.train.methods import make_method
+counts = {}
+for name, recipe in RECIPES.items():
+    pipe = load_pipeline(MODEL)
+    method = make_method(sdkit.TrainConfig(model=MODEL, **recipe))
+    if hasattr(method, "prepare_pipeline"):
+        method.prepare_pipeline(pipe)
+    groups = method.setup(pipe.unet, pipe.text_encoder)
+    counts[name] = sum(p.numel() for g in groups for p in g["params"])
+unet_total = sum(p.numel() for p in load_pipeline(MODEL).unet.parameters())
+for name, n in counts.items():
+    print(f"{name:>18}: {n:>10,} trainable ({100 * n / unet_total:6.2f}% of the UNet's {unet_total:,})")'''),
+             new_markdown_cell('''## Step 2 · Seven methods, one concept, the same measurements
+
+`compare` trains each recipe on `data_samples/glyph` (24 stars, captions like *a white sks glyph on a black
+background*) with the same steps, batch (8), seed and cached latents — only the method and its learning rate differ,
+each in its own usual range — then exports it in the format the usual tools load and measures, on the same seeds:
+
+- **fidelity**: how many concept-prompt pictures show a star (a small star detector; notebook 04 explains it);
+- **class stars**: how many *"a glyph"* pictures show a star — the concept taking over its class (bleeding);
+- **control acc / drift**: the mini world's judge on unrelated prompts, and how far those pictures moved from the
+  base model's (0 = unchanged).'''),
+             new_code_cell('''detector = StarDetector.fit()
+rows = compare(list(RECIPES), steps=STEPS, out=WORK / "compare", seeds=SEEDS, sample_steps=SAMPLE_STEPS,
+               model=MODEL, detector=detector)
+print(table(rows))'''),
+             new_code_cell('''# the first concept picture of each method, same seed: what each learned
+fig, axes = plt.subplots(1, len(rows) - 1, figsize=(2 * (len(rows) - 1), 2.3))
+for ax, r in zip(axes, rows[1:]):
+    ax.imshow(r["images"][0]); ax.set_title(r["method"], fontsize=8); ax.axis("off")
+plt.suptitle(CONCEPT_PROMPTS[0] + " (seed 0)", fontsize=9); plt.show()
+
+fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+m = rows[1:]
+ax[0].scatter([r["file_bytes"] / 1e6 for r in m], [r["fidelity"] for r in m])
+for r in m:
+    ax[0].annotate(r["method"], (r["file_bytes"] / 1e6, r["fidelity"]), fontsize=8)
+ax[0].set_xscale("log"); ax[0].set_xlabel("exported file (MB, log)"); ax[0].set_ylabel("fidelity")
+ax[1].bar([r["method"] for r in m], [r["class_star_rate"] for r in m], label="'a glyph' shows a star")
+ax[1].bar([r["method"] for r in m], [r["control_drift"] * 10 for r in m], alpha=0.5, label="control drift x10")
+ax[1].axhline(rows[0]["class_star_rate"], color="k", ls=":", label="base model")
+ax[1].tick_params(axis="x", rotation=45, labelsize=8); ax[1].legend(fontsize=8)
+plt.tight_layout(); plt.show()'''),
+             new_markdown_cell('''**Reading the table.** The file sizes differ by orders of magnitude, and they follow the parameter counts of
+Step 1 (a textual-inversion embedding is a few hundred bytes; a full fine-tune is the whole model). Fidelity does
+*not* simply follow size: what matters is *where* the method can change the model. A star is a new outline; drawing it
+needs the layers that draw (convolutions, attention over the picture). Textual inversion can only move a word in the
+text encoder's input space: it finds the word whose meaning is closest to a star in a model that has never drawn
+one, so it reaches the concept only as far as the frozen model can already draw it. Bleeding (class stars, drift)
+grows with the methods that change shared weights the most. `bench/methods_compare.py` records the full-length
+numbers in docs/BENCHMARKS.md.'''),
+             new_markdown_cell('''## Step 3 · Textual inversion: one new word
+
+`--method textual-inversion --token "<sks>" --init-token glyph --num-vectors 2`: the tokenizer gets `<sks>` and
+`<sks>_1` (diffusers' convention for several vectors), the embedding table grows by two rows, and only those two
+vectors train. *glyph* is two CLIP tokens (`gly`, `ph`), so each vector starts at one piece. The export is one
+`emb_params` tensor: AUTOMATIC1111's embedding layout (its prompt word is the file name), and what diffusers'
+`load_textual_inversion` reads. Below: a fresh base pipeline, before and after loading it.'''),
+             new_code_cell('''ti_run = sdkit.Run(WORK / "compare" / "textual-inversion")
+emb = export(ti_run, "embedding", out=WORK / "sks.safetensors")
+from safetensors.torch import load_file
+print(emb, {k: tuple(v.shape) for k, v in load_file(str(emb)).items()}, f"{emb.stat().st_size} bytes")
+pipe = load_pipeline(MODEL)
+prompt = "a white <sks> glyph on a black background"
+before = generate(pipe, [prompt], list(SEEDS), steps=SAMPLE_STEPS)
+pipe.load_textual_inversion(str(emb), token="<sks>")
+after = generate(pipe, [prompt], list(SEEDS), steps=SAMPLE_STEPS)
+diff = np.mean([np.abs(np.asarray(a, float) - np.asarray(b, float)).mean() for a, b in zip(before, after)])
+print(f"mean pixel change after loading the embedding: {diff:.1f} / 255")
+fig, ax = plt.subplots(2, len(SEEDS), figsize=(2 * len(SEEDS), 4.2))
+for i, (b, a) in enumerate(zip(before, after)):
+    ax[0, i].imshow(b); ax[1, i].imshow(a); ax[0, i].axis("off"); ax[1, i].axis("off")
+ax[0, 0].set_title("base, '<sks>' unknown", fontsize=8); ax[1, 0].set_title("embedding loaded", fontsize=8)
+plt.show()'''),
+             new_markdown_cell('''## Step 4 · LoHa and LoKr: check the formula against the file
+
+peft trains them (`peft.LoHaConfig`, `peft.LoKrConfig`); `--format lycoris` writes LyCORIS' names
+(`lora_unet_<module>.hada_w1_a`, …, `.lokr_w1`, `.lokr_w2`, `.alpha`), which AUTOMATIC1111 and ComfyUI read. Those
+loaders scale by `alpha / dim` only when a factor is decomposed (else by 1); peft always scales by `alpha / rank`. The
+export therefore folds peft's scale into one factor and writes `alpha = dim`. The cell recomputes one layer's update
+from the *file* with the loaders' rule and compares it with what training did to that layer.'''),
+             new_code_cell('''from sdkit.export import merged_pipeline
+from sdkit.train.lycoris import lycoris_delta
+for kind in ("loha", "lokr"):
+    run = sdkit.Run(WORK / "compare" / kind)
+    tensors = load_file(str(export(run, "lycoris")))
+    base_sd = load_pipeline(MODEL).unet.state_dict()
+    merged_sd = merged_pipeline(run).unet.state_dict()
+    key = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+    name = "lora_unet_" + key[:-len(".weight")].replace(".", "_")
+    parts = sorted(k.split(".")[-1] for k in tensors if k.startswith(name + "."))
+    trained = merged_sd[key] - base_sd[key]
+    from_file = lycoris_delta(tensors, name, base_sd[key].shape)
+    rel = float((from_file - trained).abs().max() / trained.abs().max())
+    print(f"{kind}: {len(tensors)} tensors; {name.split('_attn2')[0][-20:]}...attn2.to_k has {parts}; "
+          f"file vs training: max relative difference {rel:.1e} (fp16 file)")'''),
+             new_markdown_cell('''## Step 5 · Hypernetworks: where LoRA came from
+
+In October 2022 AUTOMATIC1111's web UI learned to load and then train NovelAI-style *hypernetworks*: a pair of
+small MLPs that rewrite the text context before every cross-attention's keys and values (`c + mlp(c)`); the UNet's
+weights never change. LoRA replaced them within months: it adapts the weights of each projection it targets, can be
+merged (no cost when drawing) and several add up. The export is A1111's `.pt` (plain tensors and strings only:
+`torch.load(..., weights_only=True)` reads it). Strength 0 is the base model — measured:'''),
+             new_code_cell('''from sdkit.train.hypernetwork import set_hypernetwork_strength
+hn_run = sdkit.Run(WORK / "compare" / "hypernetwork")
+pt = export(hn_run, "hypernetwork", out=WORK / "glyph.pt")
+data = torch.load(pt, weights_only=True)
+print(pt.name, {k: (type(v).__name__ if not isinstance(k, int) else f"{len(v)} MLP states") for k, v in data.items()
+                if k in ("layer_structure", "activation_func") or isinstance(k, int)})
+hpipe = hn_run.load_pipeline()
+base_img = np.asarray(generate(load_pipeline(MODEL), [CONCEPT_PROMPTS[0]], [0], steps=SAMPLE_STEPS)[0], float)
+for s in (0.0, 0.5, 1.0):
+    set_hypernetwork_strength(hpipe.unet, s)
+    img = np.asarray(generate(hpipe, [CONCEPT_PROMPTS[0]], [0], steps=SAMPLE_STEPS)[0], float)
+    print(f"strength {s}: mean pixel difference from the base model {np.abs(img - base_img).mean():.2f} / 255")'''),
+             new_markdown_cell('''## Step 6 · Full fine-tune, EveryDream style
+
+EveryDream2 trains the whole model on many captioned images and watches a held-out validation loss. Here:
+`method="full", train_text_encoder=True, ema=True, validation_split=0.2, checkpoint_every_minutes=M` — the loop
+holds out 20 % of the pictures (listed in `validation_images.txt`), computes the deterministic validation loss
+(fixed timesteps and noise, notebook 06) at every checkpoint, checkpoints by the clock as well as by steps, and
+samples and exports the EMA weights.'''),
+             new_code_cell('''ed = sdkit.train(sdkit.TrainConfig(
+    model=MODEL, data="data_samples/glyph", method="full", train_text_encoder=True, lr=5e-5, text_encoder_lr=1e-5,
+    ema=True, ema_decay=0.99, validation_split=0.2, checkpoint_every=STEPS // 4, checkpoint_every_minutes=2.0,
+    steps=STEPS, batch_size=8, cache_latents=True, out=str(WORK / "everydream"), sample_steps=SAMPLE_STEPS,
+    sample_prompts=[CONCEPT_PROMPTS[0]], tensorboard=False), progress=None)
+print("checkpoints:", [p.name for p in ed.checkpoints])
+print("validation loss:", [(v["step"], round(v["val_loss"], 4)) for v in ed.validation])
+fig, ax = plt.subplots(figsize=(6, 3))
+ax.plot([m["step"] for m in ed.metrics], [m["loss"] for m in ed.metrics], alpha=0.3, label="training loss")
+ax.plot([v["step"] for v in ed.validation], [v["val_loss"] for v in ed.validation], "ko-", label="validation (held out)")
+ax.set_yscale("log"); ax.legend(); plt.show()
+folder = export(ed, "pipeline", out=WORK / "everydream_pipeline")
+from diffusers import StableDiffusionPipeline
+print("from_pretrained:", type(StableDiffusionPipeline.from_pretrained(folder)).__name__, "loaded from", folder)'''),
+             ]
+    cells += EXTRA_CELLS
+    return cells
+
+
+EXTRA_CELLS = []  # SDXL, search, convert, Hub: appended below
+
+if __name__ == "__main__":
+    write("07_more_methods.ipynb", nb07())
+    print("wrote notebooks/07_more_methods.ipynb")
