@@ -424,6 +424,8 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
     - caption_transform: a function (caption, rng) -> caption, e.g. `sdkit.captions.CaptionPolicy(...)`.
     - buckets: a list of (w, h) from `make_buckets`; each image is resized and cropped to its nearest bucket
       (`bucket_of[i]`), and `BucketBatchSampler(self.bucket_of, ...)` batches same-size items.
+    Items also carry `original_size`, `crop_top_left`, `target_size` (SDXL's size/crop conditioning, sdkit.sdxl);
+    `geometry(index, seed)` gives them without decoding the image (cached latents).
     """
 
     def __init__(self, scan: Scan, resolution: int, center_crop: bool = True, random_flip: bool = False,
@@ -441,6 +443,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             sizes = [s if s is not None else load_image(p).size for (p, _), s in zip(scan.items, scan.sizes)]
             self.item_bucket = [assign_bucket(s, buckets, bucket_no_upscale, step) for s in sizes]
         self._bad = set()
+        self._image_sizes = {}  # item -> (w, h) of the file, remembered for `geometry`
 
     def __len__(self):
         return len(self._item_of)
@@ -468,15 +471,38 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
 
     def transform(self, im: Image.Image, size, rng=None) -> torch.Tensor:
         """Resize to cover `size` = (w, h), crop (centre, or random with rng), flip, jitter -> (3, h, w) in [-1, 1]."""
+        return self._transform(im, size, rng)[0]
+
+    def _placement(self, im_size, size, rng=None):
+        """Where `transform` puts an image of `im_size` = (w, h): resized (w, h), crop (left, top), flipped — the
+        random draws in transform's order (crop, then flip), so `geometry` repeats them without the pixels."""
         w, h = size
-        scale = max(w / im.width, h / im.height)
-        im = im.resize((max(w, round(im.width * scale)), max(h, round(im.height * scale))), Image.BICUBIC)
+        scale = max(w / im_size[0], h / im_size[1])
+        resized = (max(w, round(im_size[0] * scale)), max(h, round(im_size[1] * scale)))
         if self.center_crop or rng is None:
-            left, top = (im.width - w) // 2, (im.height - h) // 2
+            left, top = (resized[0] - w) // 2, (resized[1] - h) // 2
         else:
-            left, top = int(rng.integers(0, im.width - w + 1)), int(rng.integers(0, im.height - h + 1))
+            left, top = int(rng.integers(0, resized[0] - w + 1)), int(rng.integers(0, resized[1] - h + 1))
+        flip = bool(self.random_flip and rng is not None and rng.random() < 0.5)
+        return resized, left, top, flip
+
+    @staticmethod
+    def _geometry(im_size, size, resized, left, top, flip) -> dict:
+        """SDXL's size/crop conditioning (sdkit.sdxl), (h, w) / (top, left) order as in diffusers: the image's size
+        before resizing, the crop's top-left in the resized image (mirrored when flipped: the offset in the picture
+        the model sees), the trained size."""
+        w, h = size
+        return {"original_size": (im_size[1], im_size[0]),
+                "crop_top_left": (top, resized[0] - left - w if flip else left), "target_size": (h, w)}
+
+    def _transform(self, im: Image.Image, size, rng=None):
+        """transform + the geometry of the sample: (pixels, {"original_size", "crop_top_left", "target_size"})."""
+        w, h = size
+        orig = im.size
+        resized, left, top, flip = self._placement(orig, size, rng)
+        im = im.resize(resized, Image.BICUBIC)
         im = im.crop((left, top, left + w, top + h))
-        if self.random_flip and rng is not None and rng.random() < 0.5:
+        if flip:
             im = ImageOps.mirror(im)
         x = torch.from_numpy(np.asarray(im, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0  # (3, h, w) in [0, 1]
         if self.color_jitter and rng is not None:
@@ -487,21 +513,41 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             grey = (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
             x = (x - grey) * s + grey                              # saturation
             x = x.clamp(0, 1)
-        return x * 2.0 - 1.0
+        return x * 2.0 - 1.0, self._geometry(orig, size, resized, left, top, flip)
 
     def load(self, index: int, rng: np.random.Generator | None = None):
+        pixels, caption, _ = self._load(index, rng)
+        return pixels, caption
+
+    def _load(self, index: int, rng: np.random.Generator | None = None):
         item = self._item_of[index]
         path, caption = self.scan.items[item]
         size = self.item_bucket[item] if self.item_bucket else (self.resolution, self.resolution)
         im = load_image(path, self.background)
-        return self.transform(im, size, rng), caption
+        self._image_sizes[item] = im.size
+        pixels, geometry = self._transform(im, size, rng)
+        return pixels, caption, geometry
+
+    def geometry(self, index: int, seed=None) -> dict:
+        """The SDXL size/crop conditioning of sample `(index, seed)` — the same as `self[(index, seed)]` gives —
+        without decoding the image again (its size is remembered from the last load, or read from the scan)."""
+        item = self._item_of[index]
+        size = self.item_bucket[item] if self.item_bucket else (self.resolution, self.resolution)
+        im_size = self._image_sizes.get(item) or self.scan.sizes[item]
+        if im_size is None:
+            try:
+                im_size = self._image_sizes[item] = load_image(self.scan.items[item][0], self.background).size
+            except Exception:  # noqa: BLE001 - a broken file trains on a neighbour's pixels; say "whole picture"
+                im_size = size
+        rng = np.random.default_rng(seed) if seed is not None else None
+        return self._geometry(im_size, size, *self._placement(im_size, size, rng))
 
     def __getitem__(self, item):
         # item = (dataset index, per-sample seed): crops and flips are reproducible, also after a resume.
         index, seed = item if isinstance(item, tuple) else (item, None)
         rng = np.random.default_rng(seed) if seed is not None else None
         try:
-            pixels, caption = self.load(index, rng)
+            pixels, caption, geometry = self._load(index, rng)
         except Exception as e:  # noqa: BLE001 - a file broke after the scan: warn once, train on a neighbour
             path = self.scan.items[self._item_of[index]][0]
             if path not in self._bad:
@@ -511,7 +557,8 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
                 raise DataError("no image of the data folder can be read any more (files deleted or changed "
                                 "during training?)") from e
             return self[((index + 1) % len(self), seed)]
-        return {"pixels": pixels, "caption": self._transform_caption(caption, seed), "index": index}
+        # original_size / crop_top_left / target_size: SDXL's micro-conditioning (sdkit.sdxl); SD 1.x ignores them
+        return {"pixels": pixels, "caption": self._transform_caption(caption, seed), "index": index, **geometry}
 
     def _transform_caption(self, caption, seed):
         if self.caption_transform is None:

@@ -227,7 +227,11 @@ def export_single_file(run, out, checkpoint=None, dtype=torch.float16) -> Path:
     out = Path(out)
     if out.suffix != ".safetensors":
         out = out / f"{run.path.name}.safetensors"
-    return save_single_file(merged_pipeline(run, checkpoint), out, dtype=dtype)
+    pipe = merged_pipeline(run, checkpoint)
+    if hasattr(pipe, "text_encoder_2"):
+        raise ValueError(f"{run.path}: --format single-file writes the SD 1.x layout; this run is SDXL. Fix: "
+                         f"--format pipeline (a diffusers folder), or --format diffusers / kohya for a LoRA.")
+    return save_single_file(pipe, out, dtype=dtype)
 
 
 # ---- 4. diffusers -> original SD (LDM) single file -------------------------------------------------------------

@@ -26,6 +26,10 @@ def _tiny_dir() -> Path:
     return Path(os.environ.get("SDKIT_CACHE", Path.home() / ".cache" / "sdkit")) / "tiny-sd"
 
 
+def _tiny_sdxl_dir() -> Path:  # SDXL (issue #11): made on first use, like "tiny"
+    return Path(os.environ.get("SDKIT_CACHE", Path.home() / ".cache" / "sdkit")) / "tiny-sdxl"
+
+
 # Model ids in one place (hosted models disappear: runwayml/stable-diffusion-v1-5 was deleted; this is the mirror).
 PRESETS = {
     "mini": {"path": lambda: data_samples_dir() / "mini-sd", "resolution": 32,
@@ -36,6 +40,13 @@ PRESETS = {
              "about": "Stable Diffusion 1.5 (community mirror of runwayml/stable-diffusion-v1-5)"},
     "sd21-base": {"path": "stabilityai/stable-diffusion-2-1-base", "resolution": 512,
                   "about": "Stable Diffusion 2.1 base (512 px)"},
+    # SDXL (sdkit.sdxl, docs/SDXL.md). "vae": loaded in place of the pipeline's own VAE (SDXL's overflows in fp16);
+    # "variant": the weight files read when loading in fp16/bf16 (half the download).
+    "tiny-sdxl": {"path": _tiny_sdxl_dir, "resolution": 32,
+                  "about": "a tiny random SDXL pipeline (two text encoders, size/crop conditioning), for tests"},
+    "sdxl": {"path": "stabilityai/stable-diffusion-xl-base-1.0", "resolution": 1024,
+             "vae": "madebyollin/sdxl-vae-fp16-fix", "variant": "fp16",
+             "about": "Stable Diffusion XL base 1.0 (1024 px), with the fp16-fix VAE (madebyollin/sdxl-vae-fp16-fix)"},
 }
 
 
@@ -51,6 +62,9 @@ def resolve_model(name_or_path: str) -> str:
         target = target() if callable(target) else target
         if name_or_path == "tiny" and not Path(target, "model_index.json").is_file():
             make_tiny(target)
+        if name_or_path == "tiny-sdxl" and not Path(target, "model_index.json").is_file():
+            from .sdxl import make_tiny_sdxl
+            make_tiny_sdxl(target)
         if name_or_path == "mini" and not Path(target, "model_index.json").is_file():
             raise ModelNotFound(f"model 'mini': {target} has no model_index.json. The mini pipeline ships in "
                                 f"data_samples/mini-sd of the sdkit repository; set SDKIT_DATA_SAMPLES to that "
@@ -77,32 +91,48 @@ def native_resolution(pipe) -> int:
 
 
 def load_pipeline(name_or_path: str = "mini", torch_dtype=None, revision=None, device=None):
-    """Load a StableDiffusionPipeline from a preset, folder or Hub id (safety checker off, progress bars quiet)."""
+    """Load a StableDiffusionPipeline — or a StableDiffusionXLPipeline for SDXL folders and ids — from a preset,
+    folder or Hub id (safety checker off, progress bars quiet)."""
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
+    from .sdxl import is_sdxl_model
     dlog.disable_progress_bar()
     tlog.disable_progress_bar()
     target = resolve_model(name_or_path)
-    kwargs = dict(safety_checker=None, requires_safety_checker=False)
+    sdxl = is_sdxl_model(target, revision)  # SDXL (issue #11): model_index.json's _class_name, or an "xl" Hub id
+    if sdxl:
+        from diffusers import StableDiffusionXLPipeline as cls
+        kwargs = dict(add_watermarker=False)  # no invisible watermark: samples compare pixel for pixel
+    else:
+        cls = StableDiffusionPipeline
+        kwargs = dict(safety_checker=None, requires_safety_checker=False)
     if torch_dtype is not None:
         kwargs["torch_dtype"] = torch_dtype
     if revision:
         kwargs["revision"] = revision
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(target, **kwargs)
+        preset = PRESETS.get(os.fspath(name_or_path), {})
+        if preset.get("variant") and torch_dtype in (torch.float16, torch.bfloat16):
+            kwargs["variant"] = preset["variant"]
+        preset_vae = preset.get("vae")
+        if preset_vae:  # e.g. the sdxl preset's fp16-fix VAE
+            from diffusers import AutoencoderKL
+            kwargs["vae"] = AutoencoderKL.from_pretrained(preset_vae, torch_dtype=torch_dtype)
+        pipe = cls.from_pretrained(target, **kwargs)
     except OSError as e:
         if Path(target).exists():
             raise
         raise ModelNotFound(f"model {target!r} could not be loaded from the Hugging Face Hub ({e.__class__.__name__}: "
                             f"{str(e).splitlines()[0]}). Offline? Use a local folder or the 'mini' preset; on Colab "
-                            f"check the id (SD 1.5 lives at {PRESETS['sd15']['path']}).") from None
+                            f"check the id (SD 1.5 lives at {PRESETS['sd15']['path']}, SDXL at "
+                            f"{PRESETS['sdxl']['path']}).") from None
     pipe.set_progress_bar_config(disable=True)
     if torch_dtype is None:
         # Weights saved in fp16 (the mini pipeline) load in fp16 in transformers 5 but fp32 in diffusers:
         # without a requested dtype, make every part fp32 so that training and sampling agree.
-        for part in (pipe.unet, pipe.vae, pipe.text_encoder):
-            if part.dtype != torch.float32:
+        for part in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)):
+            if part is not None and part.dtype != torch.float32:
                 part.to(torch.float32)
     if device is not None:
         pipe.to(device)

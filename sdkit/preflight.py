@@ -92,6 +92,10 @@ def _meta_models(model: str):
     from transformers import CLIPTextConfig, CLIPTextModel
     from .models import PRESETS
     folder = None
+    if model == "sdxl" or ("xl" in model.lower() and not Path(model).is_dir() and model not in PRESETS):
+        from .config import ConfigError
+        raise ConfigError(f"model: {model!r}: preflight has no SDXL memory model yet (its sizes are SD 1.x's). "
+                          f"Fix: see docs/SDXL.md for the T4 settings and their estimated budget.")
     if model in PRESETS and model not in ("sd15", "sd21-base"):
         from .models import resolve_model
         folder = Path(resolve_model(model))

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, TrainConfig
 from ..run import Run
+from .. import sdxl  # SDXL (issue #11)
 from . import callbacks as cb
 from .checkpoint import find_checkpoint, read_checkpoint, step_name, write_checkpoint
 from .methods import make_method
@@ -128,7 +129,7 @@ class Trainer:
     def _setup(self):
         from diffusers import DDPMScheduler
         from ..data import ImageCaptionDataset, scan_folder
-        from ..models import load_pipeline, native_resolution
+        from ..models import load_pipeline, native_resolution, resolve_model
         c, acc = self.config, self.accelerator
 
         # 1a. run directory (resolved on the main process, shared by all)
@@ -150,11 +151,24 @@ class Trainer:
         skipped = sum(p.severity == "error" for p in self.scan.problems)
         if skipped:
             self.message("warning", f"{skipped} file(s) skipped, training on {len(self.scan.items)} images.")
+        self.val_scan = None
+        if c.validation_split:  # held-out images for a deterministic validation loss at each checkpoint
+            from ..data import train_val_split
+            if len(self.scan.items) < 2:
+                raise ConfigError(f"validation_split: {c.data} has {len(self.scan.items)} usable image(s); a "
+                                  f"validation split needs at least 2. Fix: validation_split=0, or add images.")
+            self.scan, self.val_scan = train_val_split(self.scan, c.validation_split, c.seed)
+            self.callbacks.insert(len(self.callbacks) - 2, cb.ValidationCallback())
 
         # 1c. models; frozen parts in the compute dtype, trainable weights in fp32 (master copies)
         self.weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(c.mixed_precision, torch.float32)
-        pipe = load_pipeline(c.model, revision=c.revision)
+        xl = sdxl.is_sdxl_model(resolve_model(c.model), c.revision)
+        if xl:  # SDXL: refuse what it can't do before loading; load in the compute dtype (fp32 SDXL = 14 GB of RAM)
+            sdxl.check_config(c)
+        pipe = load_pipeline(c.model, revision=c.revision,
+                             torch_dtype=self.weight_dtype if xl and self.weight_dtype != torch.float32 else None)
         self.base_pipe = pipe
+        self.sdxl = sdxl.is_sdxl(pipe)  # SDXL: two text encoders + size/crop conditioning (sdkit.sdxl)
         self.resolution = c.resolution or native_resolution(pipe)
         self.vae, self.text_encoder, self.tokenizer, self.unet = pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
@@ -176,6 +190,8 @@ class Trainer:
             model.to(acc.device)
             if self.weight_dtype != torch.float32:
                 model.to(dtype=self.weight_dtype)
+        if self.sdxl:  # SDXL: text_encoder_2 frozen on the device; VAE kept fp32 if it overflows in fp16
+            sdxl.prepare_trainer(self)
         for group in param_groups:
             for p in group["params"]:
                 p.data = p.data.float()
@@ -255,11 +271,11 @@ class Trainer:
         """VAE posterior (mean, std) of the batch's images; with cache_latents each image is encoded once."""
         c, device = self.config, self.accelerator.device
         if not c.cache_latents:
-            dist = self.vae.encode(batch["pixels"].to(device, dtype=self.weight_dtype)).latent_dist
+            dist = self.vae.encode(batch["pixels"].to(device, dtype=self.vae.dtype)).latent_dist  # SDXL: may be fp32
             return dist.mean, dist.std
         missing = [k for k, i in enumerate(batch["index"]) if i not in self.latent_cache]
         if missing:
-            pixels = batch["pixels"][missing].to(device, dtype=self.weight_dtype)
+            pixels = batch["pixels"][missing].to(device, dtype=self.vae.dtype)
             dist = self.vae.encode(pixels).latent_dist
             for k, m, sd in zip(missing, dist.mean, dist.std):
                 self.latent_cache[batch["index"][k]] = (m.clone(), sd.clone())
@@ -271,6 +287,9 @@ class Trainer:
     def encode_text(self, captions):
         if hasattr(self.method, "convert_captions"):
             captions = self.method.convert_captions(captions)
+        if self.sdxl:  # SDXL: (both encoders' penultimate states concatenated, pooled text_embeds)
+            return sdxl.encode_prompt(captions, (self.tokenizer, self.tokenizer_2),
+                                      (self.text_encoder, self.text_encoder_2), self.accelerator.device)
         ids = self.tokenizer(captions, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids.to(self.accelerator.device)
         return self.text_encoder(ids)[0]
@@ -298,9 +317,13 @@ class Trainer:
         ctx = torch.enable_grad() if self.method.trains_text_encoder() else torch.no_grad()
         with ctx:
             hidden = self.encode_text(captions)
+        extra = {}
+        if self.sdxl:  # SDXL: pooled text embeds + (original size, crop, target size) time ids per sample
+            hidden, pooled = hidden
+            extra["added_cond_kwargs"] = sdxl.unet_conditioning(self, batch, pooled, self.weight_dtype)
         torch.manual_seed(_sample_seed(c.seed, batch["g"][0]) + 2)  # LoRA / model dropout masks, reproducible
         pred = self.unet(noisy.to(self.weight_dtype) if self.weight_dtype != torch.float32 else noisy, t,
-                         hidden).sample.float()
+                         hidden, **extra).sample.float()
         if self.prediction_type == "epsilon":
             target = noise
         elif self.prediction_type == "v_prediction":
@@ -381,10 +404,37 @@ class Trainer:
         return run
 
     def _should_stop(self) -> bool:
-        flag = torch.tensor([1.0 if self.stop.event.is_set() else 0.0], device=self.accelerator.device)
-        if self.accelerator.num_processes > 1:
-            flag = self.accelerator.reduce(flag, "max")
-        return bool(flag.item())
+        return self.agree(self.stop.event.is_set())
+
+    def agree(self, flag: bool) -> bool:
+        """True on every process when `flag` is true on any (decisions that start collective work, such as a
+        checkpoint after M minutes, must be the same everywhere)."""
+        if self.accelerator.num_processes == 1:
+            return bool(flag)
+        t = torch.tensor([1.0 if flag else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(t, "max").item())
+
+    @torch.no_grad()
+    def validation_loss(self) -> dict:
+        """The deterministic validation loss (fixed timesteps and noise) on the held-out split, current weights."""
+        from ..evaluate.metrics import validation_loss
+        from PIL import Image
+        acc = self.accelerator
+        images = [Image.open(p).convert("RGB") for p, _ in self.val_scan.items]
+        captions = [cap for _, cap in self.val_scan.items]
+        if hasattr(self.method, "convert_captions"):
+            captions = self.method.convert_captions(captions)
+        unet, te = acc.unwrap_model(self.unet), acc.unwrap_model(self.text_encoder)
+        was = unet.training, te.training
+        unet.eval(), te.eval()
+        ctx = self.ema_weights() if self.ema is not None else contextlib.nullcontext()
+        try:
+            with ctx, acc.autocast():
+                return validation_loss(self.pipeline(), images, captions, seed=self.config.seed,
+                                       prediction_type=self.prediction_type, resolution=self.resolution,
+                                       x0_psnr=False)
+        finally:
+            unet.train(was[0]), te.train(was[1])
 
     def _nan_diagnosis(self, value) -> str:
         c = self.config
@@ -431,10 +481,20 @@ class Trainer:
             "sdkit_version": __version__})
 
     def sample_prompts(self):
-        return self.config.sample_prompts or list(dict.fromkeys(self.scan.captions))[:2]
+        prompts = self.config.sample_prompts
+        if not prompts:  # the first two training captions, with the trigger word as training puts it in
+            prompts = list(dict.fromkeys(self.scan.captions))[:2]
+            if self.config.trigger_token:
+                from ..captions import insert_trigger
+                prompts = [insert_trigger(p, self.config.trigger_token, "start") for p in prompts]
+        if hasattr(self.method, "sample_prompt"):  # textual inversion: the token goes into the prompt
+            prompts = [self.method.sample_prompt(p) for p in prompts]
+        return prompts
 
     def pipeline(self):
         """A StableDiffusionPipeline over the models being trained (for samples; shares their weights)."""
+        if self.sdxl:  # SDXL: a StableDiffusionXLPipeline over the same models
+            return sdxl.sample_pipeline(self)
         from diffusers import StableDiffusionPipeline
         acc = self.accelerator
         pipe = StableDiffusionPipeline(
@@ -537,8 +597,10 @@ def train(config: TrainConfig = None, callbacks=None, stop_event=None, progress=
     return trainer.fit()
 
 
-def pipeline_from_checkpoint(run, checkpoint=None, device="cpu"):
-    """Base pipeline + the trained weights of `run` at `checkpoint` (folder, step_XXXXXX, or None: latest)."""
+def pipeline_from_checkpoint(run, checkpoint=None, device="cpu", use_ema=True):
+    """Base pipeline + the trained weights of `run` at `checkpoint` (folder, step_XXXXXX, or None: latest).
+
+    A run trained with `ema` gives its EMA weights (what its samples showed) unless use_ema=False."""
     from safetensors.torch import load_file
     from ..models import load_pipeline
     from .methods import make_method
@@ -549,7 +611,16 @@ def pipeline_from_checkpoint(run, checkpoint=None, device="cpu"):
     method = make_method(config)
     if hasattr(method, "prepare_pipeline"):
         method.prepare_pipeline(pipe)
-    method.setup(pipe.unet, pipe.text_encoder)
+    groups = method.setup(pipe.unet, pipe.text_encoder)
     method.load_state_dict(pipe.unet, pipe.text_encoder, load_file(Path(path) / "trainable.safetensors"))
+    if use_ema and config.ema and (Path(path) / "ema.safetensors").is_file():
+        # EMAModel keeps one shadow tensor per trainable parameter, in the optimiser's parameter order
+        shadow = read_checkpoint(path)["ema"]["shadow_params"]
+        params = [p for g in groups for p in g["params"]]
+        if len(shadow) != len(params):
+            raise ValueError(f"{path}: EMA holds {len(shadow)} tensors, the method has {len(params)} parameters.")
+        with torch.no_grad():
+            for p, s in zip(params, shadow):
+                p.copy_(s.to(p.dtype))
     pipe.unet.eval(), pipe.text_encoder.eval()
     return pipe.to(device)

@@ -43,8 +43,19 @@ def _cpu_quick(cfg: TrainConfig) -> dict:
             "lr": 1e-3, "sample_every": 20, "sample_steps": 10, "checkpoint_every": 30}
 
 
+def _sdxl_t4_lora(cfg: TrainConfig) -> dict:
+    """SDXL LoRA on a free Colab T4 (docs/SDXL.md; its memory budget is an estimate, not a measurement): UNet LoRA
+    on attention, 1024 px, batch 1, fp16 with the fp16-fix VAE (the sdxl preset), checkpointing, 8-bit Adam,
+    cached latents (so no random crop/flip/jitter)."""
+    has_bnb = importlib.util.find_spec("bitsandbytes") is not None
+    return {"model": "sdxl", "method": "lora", "lora_rank": 16, "lora_targets": "to_q,to_k,to_v,to_out.0",
+            "train_text_encoder": False, "resolution": 1024, "batch_size": 1, "mixed_precision": "fp16",
+            "gradient_checkpointing": True, "optimizer": "adamw8bit" if has_bnb else "adamw", "cache_latents": True,
+            "center_crop": True, "random_flip": False, "color_jitter": 0.0, "validation_split": 0.0, "lr": 1e-4}
+
+
 # name -> function(current config) -> field changes. The form shows them in a Dropdown + Apply.
-PRESETS = {"T4 safe": _t4_safe, "CPU quick": _cpu_quick}
+PRESETS = {"T4 safe": _t4_safe, "CPU quick": _cpu_quick, "sdxl-t4-lora": _sdxl_t4_lora}  # sdxl: issue #11
 
 
 def apply_preset(cfg: TrainConfig, name: str) -> TrainConfig:
