@@ -200,6 +200,9 @@ def build_parser():
     from .export_cli import add_export_commands
     add_export_commands(sub)  # python -m sdkit export|preflight (sdkit/export_cli.py)
     add_eval_commands(sub)  # python -m sdkit eval grid|metrics|diagnose (sdkit/evaluate/cli.py)
+    from .convert import add_convert_command; add_convert_command(sub)  # python -m sdkit convert (sdkit/convert.py)
+    from .hub import add_push_command; add_push_command(sub)  # python -m sdkit push (sdkit/hub.py)
+    from .hpsearch import add_search_command; add_search_command(sub)  # python -m sdkit search (sdkit/hpsearch.py)
     return parser
 
 
