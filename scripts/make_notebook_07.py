@@ -226,7 +226,128 @@ print("from_pretrained:", type(StableDiffusionPipeline.from_pretrained(folder)).
     return cells
 
 
-EXTRA_CELLS = []  # SDXL, search, convert, Hub: appended below
+EXTRA_CELLS = [
+    new_markdown_cell('''## Step 7 · SDXL on the same loop
+
+SDXL's UNet takes more than text: it is conditioned on **two** text encoders (their penultimate hidden states
+concatenated, 768 + 1280 = 2048 wide in the real model; the pooled output of the second one as well) and on six
+numbers per picture — original size, crop offset, target size — the *size and crop conditioning* that lets it learn
+from small and cropped pictures without drawing them small or cropped. The loop builds those per sample from the
+picture's real size and crop. Below, a tiny random SDXL pipeline (same classes, tiny sizes) trains a LoRA: a smoke
+test of the code path, not a picture. On a Colab T4 the preset `sdxl-t4-lora` (docs/SDXL.md) runs the same code on
+`stabilityai/stable-diffusion-xl-base-1.0`.'''),
+    new_code_cell('''from sdkit.sdxl import add_time_ids
+xl = sdkit.train(sdkit.TrainConfig(model="tiny-sdxl", data="data_samples/glyph", method="lora", steps=3 if QUICK else 20,
+                                   resolution=32, lr=1e-3, out=str(WORK / "sdxl"), sample_steps=2, tensorboard=False,
+                                   sample_at_start=False), progress=None)
+xl_pipe = load_pipeline("tiny-sdxl")
+print(type(xl_pipe).__name__, "| text encoders:", type(xl_pipe.text_encoder).__name__, "+",
+      type(xl_pipe.text_encoder_2).__name__, "| UNet context width:", xl_pipe.unet.config.cross_attention_dim)
+print("time ids for a 48x40 picture cropped at (4, 0) to 32x32:", add_time_ids((40, 48), (4, 0), (32, 32)))
+print("checkpoints:", [p.name for p in xl.checkpoints], "| export:", export(xl, "diffusers", out=WORK / "sdxl_lora"))'''),
+    new_markdown_cell('''## Step 8 · Hyper-parameter search
+
+Every trial is a real run directory; each checkpoint is scored with the deterministic validation loss on held-out
+stars, and optuna's median pruner stops a trial that is behind the others at the same step. Samplers: `grid`,
+`random`, `tpe` (Bayesian). The same spec runs from the command line: `python -m sdkit search examples/search_lr.yaml`.
+Search the learning rate first, on a log scale: it matters most, and good values span a factor of ten.'''),
+    new_code_cell('''from sdkit import hpsearch
+from sdkit.mini.glyph import write_glyph_set
+val = write_glyph_set(WORK / "glyph_val", n=4 if QUICK else 8, seed=1)     # stars no run trains on
+spec = {
+    "base": {"model": MODEL, "data": "data_samples/glyph", "method": "lora", "lora_rank": 8,
+             "lora_targets": RECIPES["lora"]["lora_targets"], "batch_size": 8, "cache_latents": True,
+             "steps": 8 if QUICK else 120, "checkpoint_every": 4 if QUICK else 30, "sample_at_start": False,
+             "sample_steps": 2, "tensorboard": False},
+    "space": {"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+    "sampler": "random" if QUICK else "tpe", "trials": 2 if QUICK else 8, "seed": 0,
+    "objective": "val_loss", "val_data": str(val), "out": str(WORK / "search"),
+}
+result = hpsearch.search(spec, progress=None)
+print(hpsearch.summary_table(result))
+from IPython.display import Image as IPImage
+from sdkit.plot import figure_png
+display(IPImage(data=figure_png(hpsearch.search_figure(result))))'''),
+    new_markdown_cell('''## Step 9 · Converting checkpoints safely
+
+A `.ckpt` is a Python pickle: loading it with plain `torch.load` can run any code its author put in it. `python -m
+sdkit convert model.ckpt --out model.safetensors` loads it with `weights_only=True` (tensors and plain containers
+only) and writes safetensors (tensors only: nothing to run). A file that needs more is **refused** — below, a pickle
+whose payload would create a file: convert refuses it, and the file is never created. Only `--trust-pickle`, for a
+file from a source you trust, loads it the unsafe way.'''),
+    new_code_cell('''from sdkit.convert import convert, UnsafePickleError
+from safetensors.torch import load_file
+state = {"state_dict": {"model.weight": torch.randn(4, 4), "model.bias": torch.zeros(4)}, "global_step": 7}
+torch.save(state, WORK / "plain.ckpt")
+summary = convert(WORK / "plain.ckpt", WORK / "plain.safetensors")
+print(summary)
+back = load_file(str(WORK / "plain.safetensors"))
+print("same tensors:", all(torch.equal(back[k], v) for k, v in state["state_dict"].items()))
+
+import pickle
+marker = WORK / "code_ran.txt"
+class Payload:                                  # what a malicious checkpoint can carry
+    def __reduce__(self):
+        return (Path.touch, (marker,))
+with open(WORK / "evil.ckpt", "wb") as f:
+    pickle.dump({"state_dict": {"w": torch.zeros(2)}, "x": Payload()}, f)
+try:
+    convert(WORK / "evil.ckpt", WORK / "evil.safetensors")
+except UnsafePickleError as e:
+    print("refused:", str(e)[:300], "...")
+print("did the payload run?", marker.exists())'''),
+    new_markdown_cell('''## Step 10 · Sharing on the Hub: the upload folder and its model card
+
+`python -m sdkit push RUN --repo you/sks-glyph` exports the run, writes a model card (base model, method, trigger,
+settings, sample grid, how to load it, licence) and uploads the folder. The token comes from the environment only
+(`HF_TOKEN`; on Colab the Secrets panel: `os.environ["HF_TOKEN"] = userdata.get("HF_TOKEN")`), never from a file
+or a notebook cell you might share. Here, offline, `dry_run` writes the folder and stops before the network.'''),
+    new_code_cell('''from sdkit.hub import push
+lora_run = sdkit.Run(WORK / "compare" / "lora")
+made = push(lora_run, "you/sks-glyph", dry_run=WORK / "upload")
+print(sorted(p.name for p in (WORK / "upload").iterdir()))
+print((WORK / "upload" / "README.md").read_text()[:1200])'''),
+    new_markdown_cell('''## Exercises
+
+1. Give textual inversion four vectors (`num_vectors=4`) and twice the steps. Does fidelity move? Why can it not
+   reach LoRA's, however long it trains?
+<details><summary>Solution</summary>
+
+```python
+r = train_method("textual-inversion", STEPS * 2, WORK / "ex1", model=MODEL, num_vectors=4)
+prompts = [p.replace("sks", "<sks>") for p in CONCEPT_PROMPTS]
+print(measure(r.load_pipeline(), seeds=SEEDS, steps=SAMPLE_STEPS, detector=detector, concept_prompts=prompts)["fidelity"])
+# The UNet is frozen: a new word can only point at what the model can already draw. The mini model has never drawn a
+# star, so no input vector makes it draw one. On SD 1.5, which can draw almost anything, textual inversion works far
+# better — for concepts close to what it knows.
+```
+</details>
+
+2. LoKr trains far fewer parameters than LoRA. Raise `lycoris_factor` (e.g. 8) and compare parameters and fidelity.
+<details><summary>Solution</summary>
+
+```python
+r = train_method("lokr", STEPS, WORK / "ex2", model=MODEL, lycoris_factor=8)
+print(sum(t.numel() for t in load_file(str(r.latest_checkpoint / "trainable.safetensors")).values()))
+print(measure(r.load_pipeline(), seeds=SEEDS, steps=SAMPLE_STEPS, detector=detector)["fidelity"])
+```
+</details>
+
+3. Search `lora_rank` (categorical 4, 8, 16) together with `lr` using `sampler: tpe`. Which matters more?
+<details><summary>Solution</summary>
+
+```python
+spec2 = {**spec, "space": {**spec["space"], "lora_rank": {"type": "categorical", "choices": [4, 8, 16]}},
+         "sampler": "tpe", "trials": 6, "out": str(WORK / "search2")}
+print(hpsearch.summary_table(hpsearch.search(spec2, progress=None)))
+```
+</details>
+
+## What to try next
+- `python bench/methods_compare.py --steps 200` records the comparison (docs/BENCHMARKS.md has our numbers).
+- On Colab: the same methods on SD 1.5 with your own pictures; SDXL with the `sdxl-t4-lora` preset (docs/SDXL.md).
+- docs/CONVERT_AND_HUB.md, docs/SEARCH.md, docs/METHODS_HYPERNETWORK.md for the details.'''),
+]
 
 if __name__ == "__main__":
     write("07_more_methods.ipynb", nb07())

@@ -9,8 +9,9 @@ overtraining; overtraining is the training loss falling while held-out numbers g
   still_improving  the validation loss (or smoothed loss) still falls at the end  -> train longer
   converged        flat for the last part of the run                                -> stop; more steps buy little
   down_then_up     the validation loss has its minimum at an inner checkpoint       -> pick that checkpoint
-  overtraining     training loss falls while the validation loss rises (widening gap), or generated pictures
-                   come close to copies of training images                          -> pick earlier, fewer steps
+  overtraining     training loss falls while the validation loss rises (widening gap: best seen in the
+                   deterministic loss on training vs held-out pictures), or generated pictures come close to
+                   copies of training images                                        -> pick earlier, fewer steps
   diverging        the loss blows up (smoothed loss far above its minimum, or NaN)  -> lower the learning rate
 """
 from __future__ import annotations
@@ -103,10 +104,11 @@ def _val_pick(vs, vl):
 
 
 def diagnose_series(train_steps, train_loss, val_steps=(), val_loss=(), memorisation=None, nn_baseline=None,
-                    rel_tol: float = 0.02) -> Diagnosis:
+                    rel_tol: float = 0.02, train_det=None) -> Diagnosis:
     """The verdict from raw series: training loss per logged step, validation loss per checkpoint (step 0 = base).
 
-    rel_tol: a change smaller than this fraction of the loss counts as flat."""
+    train_det: the same deterministic loss on training pictures at each checkpoint (evaluate_run's train_loss_det),
+    a noise-free view of the training loss. rel_tol: a change smaller than this fraction counts as flat."""
     ev = []
     ts, tl = np.asarray(train_steps, float), np.asarray(train_loss, float)
     vs, vl = np.asarray(val_steps, float), np.asarray(val_loss, float)
@@ -159,11 +161,21 @@ def diagnose_series(train_steps, train_loss, val_steps=(), val_loss=(), memorisa
                 change, se = _trend(ts[after], tl[after])
                 train_drop = -change if -change > 3 * se else 0.0
                 ev.append(f"training loss over the same steps (line fit): {100 * change:+.1f}% +/- {100 * se:.1f}%")
+            det_drop = None
+            if train_det is not None and len(train_det) == len(vl) and np.isfinite(train_det).all():
+                td = np.asarray(train_det, float)
+                det_drop = (td[k] - td[-1]) / max(td[k], 1e-12)
+                ev.append(f"the same deterministic loss on training pictures: {td[k]:.4f} at step {int(vs[k])} -> "
+                          f"{td[-1]:.4f} at step {int(vs[-1])} ({-100 * det_drop:+.1f}%)")
+                if det_drop > max(rel_tol, 0.05):
+                    ev.append("the gap between training and held-out pictures widens: the model fits its training "
+                              "pictures better and everything else worse")
             mem = memorisation is not None and nn_baseline is not None and memorisation > nn_baseline
             if mem:
                 ev.append(f"generated pictures are closer to their nearest training image ({memorisation:.3f}) than "
                           f"training images are to each other ({nn_baseline:.3f}): copies")
-            if (train_drop is not None and train_drop > max(rel_tol, 0.05)) or mem:
+            if (train_drop is not None and train_drop > max(rel_tol, 0.05)) or mem or \
+                    (det_drop is not None and det_drop > max(rel_tol, 0.05)):
                 return Diagnosis("overtraining", _name(vs[k]), ev, ADVICE["overtraining"])
             return Diagnosis("down_then_up", _name(vs[k]), ev, ADVICE["down_then_up"])
         # minimum at the end (or flat after it): improving or converged? compare the last two checkpoints
@@ -212,11 +224,13 @@ def diagnose(run, metrics=None) -> Diagnosis:
     tl = [m["loss"] if m["loss"] is not None else float("nan") for m in train]
     if metrics is None and (run.path / "eval" / "metrics.json").is_file():
         metrics = json.loads((run.path / "eval" / "metrics.json").read_text())
-    vs, vl, mem, nn = [], [], None, None
+    vs, vl, mem, nn, td = [], [], None, None, None
     if metrics:
         rows = sorted(metrics["checkpoints"].values(), key=lambda m: m["step"])
         rows = [m for m in rows if m.get("val_loss") is not None and math.isfinite(m["val_loss"])]
         vs, vl = [m["step"] for m in rows], [m["val_loss"] for m in rows]
+        if rows and all("train_loss_det" in m for m in rows):
+            td = [m["train_loss_det"] for m in rows]
         if rows:
             mem = rows[-1].get("memorisation")
             nn = metrics.get("baselines", {}).get("train_nn_baseline")
@@ -225,4 +239,4 @@ def diagnose(run, metrics=None) -> Diagnosis:
         if e.get("event") in ("error", "message") and "became nan" in str(e.get("text", "")).lower():
             tl.append(float("nan"))
             ts.append(ts[-1] + 1 if ts else 1)
-    return diagnose_series(ts, tl, vs, vl, memorisation=mem, nn_baseline=nn)
+    return diagnose_series(ts, tl, vs, vl, memorisation=mem, nn_baseline=nn, train_det=td)

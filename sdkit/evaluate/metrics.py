@@ -454,6 +454,10 @@ def evaluate_run(run, prompts=None, seeds=(0, 1, 2, 3), checkpoints="all", extra
         if val_imgs:
             m.update(validation_loss(pipe, val_imgs, val_caps, prediction_type=cfg.prediction_type,
                                      resolution=resolution))
+            # the same deterministic loss on (up to 8) TRAINING pictures: the gap between the two is overfitting
+            m["train_loss_det"] = validation_loss(pipe, train_imgs[:8], scan.captions[:8],
+                                                  prediction_type=cfg.prediction_type, resolution=resolution,
+                                                  x0_psnr=False)["val_loss"]
         result["checkpoints"][name] = m
         say(f"{name}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()
                                     if isinstance(v, float) and k in ("val_loss", "clip_t", "bleeding", "fid")))
