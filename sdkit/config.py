@@ -71,7 +71,9 @@ class TrainConfig:
                             min=0.0, max=1.0)
     color_jitter: float = _f(0.0, "Max relative brightness/contrast/saturation change (0: off; keep 0 when the "
                              "concept depends on colour).", "data", min=0.0, max=1.0)
-    num_workers: int = _f(0, "Data-loader worker processes (0: load in the training process).", "data", min=0, max=32)
+    num_workers: int = _f(0, "Worker processes that decode and augment the next batches while a step trains (0: "
+                          "in the training process; not used with cache_latents). Same batches either way.", "data",
+                          min=0, max=32)
     # ---- method --------------------------------------------------------------------------------------------
     method: str = _f("lora", "What trains: lora (small adapters on attention), full (every UNet weight), "
                      "dreambooth (every UNet weight, instance prompt + prior preservation on class images), "

@@ -77,6 +77,21 @@ def test_grad_accumulation_4x1_equals_batch_of_4(base_config):
     assert max_diff(trained(a.path, 2), trained(c.path, 2)) > 1e-4
 
 
+def test_data_loader_workers_give_the_same_run(base_config):
+    """num_workers decodes batches in worker processes; every sample is seeded by its index, so the weights are
+    those of the in-process run, also when resuming in the middle (the workers start at the resumed step)."""
+    a = sdkit.train(base_config.replace(steps=3, batch_size=2, grad_accum=2, out=base_config.out + "_w0"),
+                    progress=None)
+    b = sdkit.train(base_config.replace(steps=3, batch_size=2, grad_accum=2, num_workers=2,
+                                        out=base_config.out + "_w2"), progress=None)
+    assert max_diff(trained(a.path, 3), trained(b.path, 3)) < 1e-6
+    c = base_config.replace(steps=1, batch_size=2, grad_accum=2, num_workers=2, checkpoint_every=1,
+                            out=base_config.out + "_w2r")
+    sdkit.train(c, progress=None)
+    r = sdkit.train(c.replace(steps=3, resume="latest"), progress=None)
+    assert max_diff(trained(a.path, 3), trained(r.path, 3)) < 1e-5
+
+
 def test_full_method_trains_the_unet_and_resumes_in_process(base_config):
     full = base_config.replace(method="full", steps=4, checkpoint_every=2, lr=1e-4, ema=True)
     straight = sdkit.train(full.replace(out=base_config.out + "_straight"), progress=None)

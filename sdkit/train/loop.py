@@ -241,30 +241,47 @@ class Trainer:
             self._load_checkpoint(self.resume_from)
 
     # ---- 2. data: global sample index -> dataset index, deterministic ------------------------------------
-    def _dataset_index(self, g: int) -> int:
-        n = len(self.dataset)
-        epoch, pos = divmod(g, n)
-        perm = np.random.default_rng([self.config.seed, 7, epoch]).permutation(n)
-        return int(perm[pos])
-
     def _micro_batch(self, step: int, micro: int):
         """The samples of this process for micro-batch `micro` of optimiser step `step` (0-based); a method may add
         samples of its own (DreamBooth: one class image per instance sample)."""
         batch = self._instance_batch(step, micro)
         return self.method.extend_batch(self, batch) if hasattr(self.method, "extend_batch") else batch
 
+    def _plan(self) -> "_BatchPlan":
+        acc = self.accelerator
+        return _BatchPlan(self.dataset, self.config.seed, self.config.batch_size, self.global_batch,
+                          acc.num_processes, acc.process_index, self.config.grad_accum)
+
     def _instance_batch(self, step: int, micro: int):
-        c, acc = self.config, self.accelerator
-        base = step * self.global_batch + micro * c.batch_size * acc.num_processes + acc.process_index * c.batch_size
-        gs = list(range(base, base + c.batch_size))
-        indices = [self._dataset_index(g) for g in gs]
-        if c.cache_latents and all(i in self.latent_cache for i in indices):
+        plan = self._plan()
+        gs, indices = plan.samples(step, micro)
+        if self.config.cache_latents and all(i in self.latent_cache for i in indices):
             # cached: no image decoding at all; captions come from the scan
             return {"pixels": None, "g": gs, "index": indices,
-                    "captions": [self.dataset.caption(i, _sample_seed(c.seed, g)) for i, g in zip(indices, gs)]}
-        items = [self.dataset[(i, _sample_seed(c.seed, g))] for i, g in zip(indices, gs)]
-        return {"pixels": torch.stack([it["pixels"] for it in items]),
-                "captions": [it["caption"] for it in items], "g": gs, "index": indices}
+                    "captions": [self.dataset.caption(i, _sample_seed(self.config.seed, g))
+                                 for i, g in zip(indices, gs)]}
+        return plan.load(gs, indices)
+
+    def _batches(self):
+        """Every micro-batch from the current step on, in order. With num_workers > 0 (and no latent cache, which
+        lives in this process) worker processes decode and augment the next batches while this one trains; each
+        sample is seeded by its global index, so the batches are the same as without workers."""
+        c = self.config
+        start = self.step
+        if c.num_workers and not c.cache_latents:
+            from torch.utils.data import DataLoader
+            import multiprocessing as mp
+            plan = self._plan()
+            plan.start, plan.length = start, (c.steps - start) * c.grad_accum
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+            loader = DataLoader(plan, batch_size=None, shuffle=False, num_workers=c.num_workers,
+                                pin_memory=torch.cuda.is_available(), multiprocessing_context=ctx)
+            for batch in loader:
+                yield self.method.extend_batch(self, batch) if hasattr(self.method, "extend_batch") else batch
+        else:
+            for step in range(start, c.steps):
+                for micro in range(c.grad_accum):
+                    yield self._micro_batch(step, micro)
 
     @torch.no_grad()
     def _posterior(self, batch):
@@ -350,6 +367,7 @@ class Trainer:
         self.stop.install()
         self.emit("on_train_start")
         start_time, smooth, last_log = time.time(), None, time.time()
+        batches = self._batches()
         try:
             while self.step < c.steps:
                 if self._should_stop():
@@ -358,7 +376,7 @@ class Trainer:
                     break
                 loss_sum = torch.zeros((), device=acc.device)
                 for micro in range(c.grad_accum):
-                    batch = self._micro_batch(self.step, micro)
+                    batch = next(batches)
                     with acc.accumulate(self.unet):
                         loss, _ = self.compute_loss(batch)
                         acc.backward(loss)
@@ -585,6 +603,41 @@ class Trainer:
         self.step = int(st["step"])
         self.last_checkpoint_step = self.step
         self.message("info", f"resumed from {path} at step {self.step}")
+
+
+class _BatchPlan(torch.utils.data.Dataset):
+    """Which samples each micro-batch holds, and loading them: item k = micro-batch k counted from `start`.
+    Picklable (dataset + numbers), so DataLoader workers can build batches."""
+
+    def __init__(self, dataset, seed, batch_size, global_batch, num_processes, process_index, grad_accum):
+        self.dataset, self.seed, self.batch_size, self.global_batch = dataset, seed, batch_size, global_batch
+        self.num_processes, self.process_index, self.grad_accum = num_processes, process_index, grad_accum
+        self.start, self.length = 0, 0
+
+    def dataset_index(self, g: int) -> int:
+        n = len(self.dataset)
+        epoch, pos = divmod(g, n)
+        perm = np.random.default_rng([self.seed, 7, epoch]).permutation(n)
+        return int(perm[pos])
+
+    def samples(self, step: int, micro: int):
+        """(global sample indices, dataset indices) of this process's share of micro-batch `micro` of `step`."""
+        base = (step * self.global_batch + micro * self.batch_size * self.num_processes
+                + self.process_index * self.batch_size)
+        gs = list(range(base, base + self.batch_size))
+        return gs, [self.dataset_index(g) for g in gs]
+
+    def load(self, gs, indices) -> dict:
+        items = [self.dataset[(i, _sample_seed(self.seed, g))] for i, g in zip(indices, gs)]
+        return {"pixels": torch.stack([it["pixels"] for it in items]),
+                "captions": [it["caption"] for it in items], "g": gs, "index": indices}
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, k):
+        step, micro = divmod(k, self.grad_accum)
+        return self.load(*self.samples(self.start + step, micro))
 
 
 def train(config: TrainConfig = None, callbacks=None, stop_event=None, progress="bar", **overrides) -> Run:
