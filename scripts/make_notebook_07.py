@@ -128,14 +128,21 @@ ax[1].bar([r["method"] for r in m], [r["control_drift"] * 10 for r in m], alpha=
 ax[1].axhline(rows[0]["class_star_rate"], color="k", ls=":", label="base model")
 ax[1].tick_params(axis="x", rotation=45, labelsize=8); ax[1].legend(fontsize=8)
 plt.tight_layout(); plt.show()'''),
-             new_markdown_cell('''**Reading the table.** The file sizes differ by orders of magnitude, and they follow the parameter counts of
-Step 1 (a textual-inversion embedding is a few hundred bytes; a full fine-tune is the whole model). Fidelity does
-*not* simply follow size: what matters is *where* the method can change the model. A star is a new outline; drawing it
-needs the layers that draw (convolutions, attention over the picture). Textual inversion can only move a word in the
-text encoder's input space: it finds the word whose meaning is closest to a star in a model that has never drawn
-one, so it reaches the concept only as far as the frozen model can already draw it. Bleeding (class stars, drift)
-grows with the methods that change shared weights the most. `bench/methods_compare.py` records the full-length
-numbers in docs/BENCHMARKS.md.'''),
+             new_markdown_cell('''**Reading the table** (our full-length run, 200 steps, 4 seeds — docs/BENCHMARKS.md; in quick mode 20 steps
+are too few for any method to draw the star, and the table shows only that the code runs).
+
+- **Size follows Step 1's counts**: the embedding is 704 bytes, LoKr 0.17 MB, LoRA/LoHa/LoCon ~0.9 MB, the full
+  fine-tune the whole model (20 MB here; 2 GB for SD 1.5 in fp16).
+- **Fidelity does not follow size.** LoRA, LoCon, LoHa and the full fine-tune draw the star on every concept prompt;
+  LoKr, with 15 % of LoRA's parameters, on 3 of 4.
+- **Textual inversion: fidelity 0 and drift exactly 0.** Only the new word changed, so nothing else can move — but the
+  frozen model has never drawn a five-pointed star, and no input vector makes it draw one. A new word can only point
+  at what the model can already draw (on SD 1.5, which can draw almost anything, it works much better).
+- **The hypernetwork: fidelity 0 and by far the largest drift (0.22).** Its MLPs rewrite the context of *every*
+  prompt, so it changed the unrelated control pictures most while not learning the outline: why it was used for
+  styles, and one reason LoRA replaced it.
+- **Bleeding**: every method that learned the star also turned some *"a glyph"* pictures into stars (class stars
+  0.5–0.75): the concept taking over its class word, which prior preservation (notebook 05) is for.'''),
              new_markdown_cell('''## Step 3 · Textual inversion: one new word
 
 `--method textual-inversion --token "<sks>" --init-token glyph --num-vectors 2`: the tokenizer gets `<sks>` and
