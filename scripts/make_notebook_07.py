@@ -9,17 +9,9 @@ from pathlib import Path
 from nbformat.v4 import new_code_cell, new_markdown_cell
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_notebooks_04_05 import write  # noqa: E402  (one notebook writer for the course)
+from make_notebooks_04_05 import COLAB, write  # noqa: E402  (one setup block and writer for the course)
 
-SETUP = '''import os, sys, subprocess
-if "google.colab" in sys.modules and not os.path.isdir("sdkit"):
-    REPO = os.environ.get("SDKIT_REPO", "https://github.com/sdkit-course/sdkit")  # the course repository
-    subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, "sdkit"], check=True)
-    os.chdir("sdkit")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "."], check=True)
-if os.path.basename(os.getcwd()) == "notebooks":
-    os.chdir("..")  # work from the repository root
-
+SETUP = COLAB + '''
 import shutil, time, json
 from pathlib import Path
 import numpy as np

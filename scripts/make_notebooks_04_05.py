@@ -10,7 +10,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SETUP = '''import os, sys, subprocess
+# The first lines of every generated notebook's setup cell: on Colab, clone and install; locally, the repo root.
+COLAB = '''import os, sys, subprocess
 if "google.colab" in sys.modules and not os.path.isdir("sdkit"):
     REPO = os.environ.get("SDKIT_REPO", "https://github.com/sdkit-course/sdkit")  # the course repository
     subprocess.run(["git", "clone", "-q", "--depth", "1", REPO, "sdkit"], check=True)
@@ -18,7 +19,9 @@ if "google.colab" in sys.modules and not os.path.isdir("sdkit"):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "."], check=True)
 if os.path.basename(os.getcwd()) == "notebooks":
     os.chdir("..")  # work from the repository root
+'''
 
+SETUP = COLAB + '''
 import shutil
 from pathlib import Path
 import numpy as np

@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError
-from .methods import TEXT_ENCODER_LORA_TARGETS, Method, _split
+from .methods import TEXT_ENCODER_LORA_TARGETS, PeftAdapterMethod, _split
 
 __all__ = ["LoHaMethod", "LoKrMethod", "export_lycoris", "lycoris_state", "peft_to_lycoris", "lycoris_delta"]
 
 
-class _LycorisMethod(Method):
+class _LycorisMethod(PeftAdapterMethod):
     kind = None
 
     def _peft_config(self, targets):
@@ -61,19 +61,6 @@ class _LycorisMethod(Method):
         if not unet_params:
             raise ConfigError(f"lora_targets: {c.lora_targets!r} matched no UNet module. Fix: to_q,to_k,to_v,to_out.0")
         return self._groups(unet_params, te_params)
-
-    def state_dict(self, unet, text_encoder):
-        from peft.utils import get_peft_model_state_dict
-        state = {f"unet.{k}": v for k, v in get_peft_model_state_dict(unet).items()}
-        if self.config.train_text_encoder:
-            state.update({f"text_encoder.{k}": v for k, v in get_peft_model_state_dict(text_encoder).items()})
-        return state
-
-    def load_state_dict(self, unet, text_encoder, state):
-        from peft.utils import set_peft_model_state_dict
-        set_peft_model_state_dict(unet, _split(state, "unet."))
-        if self.config.train_text_encoder:
-            set_peft_model_state_dict(text_encoder, _split(state, "text_encoder."))
 
 
 class LoHaMethod(_LycorisMethod):

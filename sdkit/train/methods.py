@@ -53,7 +53,25 @@ def _split(state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-class LoRAMethod(Method):
+class PeftAdapterMethod(Method):
+    """A peft adapter (LoRA, LoHa, LoKr) on the UNet, optionally the text encoder: what a checkpoint holds is
+    peft's own adapter state dict, `unet.` / `text_encoder.` in front."""
+
+    def state_dict(self, unet, text_encoder):
+        from peft.utils import get_peft_model_state_dict
+        state = {f"unet.{k}": v for k, v in get_peft_model_state_dict(unet).items()}
+        if self.config.train_text_encoder:
+            state.update({f"text_encoder.{k}": v for k, v in get_peft_model_state_dict(text_encoder).items()})
+        return state
+
+    def load_state_dict(self, unet, text_encoder, state):
+        from peft.utils import set_peft_model_state_dict
+        set_peft_model_state_dict(unet, _split(state, "unet."))
+        if self.config.train_text_encoder:
+            set_peft_model_state_dict(text_encoder, _split(state, "text_encoder."))
+
+
+class LoRAMethod(PeftAdapterMethod):
     """peft LoRA on the UNet's attention projections (and optionally the text encoder's). Base weights stay frozen."""
     name = "lora"
 
@@ -80,19 +98,6 @@ class LoRAMethod(Method):
             raise ConfigError(f"lora_targets: {c.lora_targets!r} matched no UNet module. Fix: use module names "
                               f"of the UNet such as to_q,to_k,to_v,to_out.0 (attention) or ff.net.0.proj,ff.net.2.")
         return self._groups(unet_params, te_params)
-
-    def state_dict(self, unet, text_encoder):
-        from peft.utils import get_peft_model_state_dict
-        state = {f"unet.{k}": v for k, v in get_peft_model_state_dict(unet).items()}
-        if self.config.train_text_encoder:
-            state.update({f"text_encoder.{k}": v for k, v in get_peft_model_state_dict(text_encoder).items()})
-        return state
-
-    def load_state_dict(self, unet, text_encoder, state):
-        from peft.utils import set_peft_model_state_dict
-        set_peft_model_state_dict(unet, _split(state, "unet."))
-        if self.config.train_text_encoder:
-            set_peft_model_state_dict(text_encoder, _split(state, "text_encoder."))
 
 
 class FullMethod(Method):
