@@ -68,6 +68,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")          # everything here is local
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 HARNESS_VERSION = 1
@@ -556,6 +557,25 @@ def run_sdkit(case: Case, env: dict) -> dict:
     return res
 
 
+class _PilTransform:
+    """Resize the shorter side to `size` (bilinear) -> random crop size x size -> tensor in [-1, 1]: torchvision's
+    Resize + RandomCrop + ToTensor + Normalize(0.5, 0.5), for machines without torchvision."""
+
+    def __init__(self, size):
+        self.size = size
+        self.rng = np.random.default_rng(0)
+
+    def __call__(self, im):
+        from PIL import Image
+        w, h = im.size
+        scale = self.size / min(w, h)
+        im = im.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))), Image.BILINEAR)
+        w, h = im.size
+        x, y = int(self.rng.integers(0, w - self.size + 1)), int(self.rng.integers(0, h - self.size + 1))
+        a = np.asarray(im.crop((x, y, x + self.size, y + self.size)), dtype=np.float32) / 255.0
+        return torch.from_numpy(a).permute(2, 0, 1) * 2.0 - 1.0
+
+
 class _ExampleDataset(torch.utils.data.Dataset):
     """The scripts' preprocessing: Resize(bilinear) -> RandomCrop (center_crop off) -> ToTensor -> Normalize; the
     caption (or the DreamBooth instance prompt) tokenised to 77 tokens. The images repeat so that one epoch of
@@ -563,14 +583,17 @@ class _ExampleDataset(torch.utils.data.Dataset):
 
     def __init__(self, folder, tokenizer, resolution, batch, steps, prompt=None, class_folder=None,
                  class_prompt=None):
-        from torchvision import transforms
         from sdkit.data import scan_folder
         self.items = scan_folder(folder).items
         self.class_items = scan_folder(class_folder).items if class_folder else None
         self.tok, self.prompt, self.class_prompt = tokenizer, prompt, class_prompt
-        self.tf = transforms.Compose([
-            transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
-            transforms.RandomCrop(resolution), transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
+        try:  # the scripts' own torchvision transforms when torchvision is installed (Colab has it)
+            from torchvision import transforms
+            self.tf = transforms.Compose([
+                transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BILINEAR),
+                transforms.RandomCrop(resolution), transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
+        except ImportError:  # the same steps with PIL and numpy (sdkit does not depend on torchvision)
+            self.tf = _PilTransform(resolution)
         self.length = max(math.ceil(len(self.items) / batch), steps) * batch
 
     def __len__(self):
