@@ -30,9 +30,9 @@ batch 1. Why meta: on the meta device attention decomposes into counted matmuls;
 FlopCounterMode misses CPU's fused SDPA kernel and reports 0.677 instead of 0.803 TFLOP for the SD 1.5 forward
 (the gap, 0.126 TFLOP, is the attention matmuls: ~0.125 TFLOP by hand).
 
-Features sdkit has no config option for (fused AdamW, channels-last, torch.compile) are applied to sdkit's Trainer
-from outside by harness hooks, recorded per case in `sdkit.hooks` and in `sdkit_lacks`: they measure what sdkit
-would gain by adding the option.
+Fused AdamW, channels-last and torch.compile are sdkit settings (`optimizer="adamw_fused"`, `channels_last`,
+`compile_unet`); the cases set them in the config like any user would. `hooks` / `sdkit_lacks` record any option a
+case has to apply from outside (none at present).
 
 Preflight: each case's config is also given to `sdkit.preflight.estimate`; `calibration` compares the estimate with
 the measured peak (CUDA: reserved peak + the CUDA context measured at start; CPU: the RAM estimate against peak RSS)
@@ -41,7 +41,6 @@ and, on CUDA, back-solves the activation constant A of the preflight formula per
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import gc
@@ -155,13 +154,7 @@ EXAMPLE_DEFAULTS = {
 }
 EXAMPLE_DEFAULTS["dreambooth"] = dict(EXAMPLE_DEFAULTS["full"], with_prior_preservation=True)
 
-SDKIT_LACKS = {
-    "adamw_fused": "sdkit's `optimizer` has adamw / adamw8bit only: fused AdamW is applied by a harness hook "
-                   "(torch.optim.AdamW(fused=True) substituted while the Trainer builds its optimiser)",
-    "channels_last": "sdkit has no channels-last option: harness hook `trainer.unet.to(memory_format="
-                     "torch.channels_last)` after the Trainer is built",
-    "compile": "sdkit has no torch.compile option: harness hook `trainer.unet.compile()` after the Trainer is built",
-}
+SDKIT_LACKS = {}  # option -> how the harness applies it from outside, for options sdkit has no setting for
 
 BOOL_KNOBS = ("compile", "channels_last", "cache_latents", "grad_ckpt")
 METHODS, PRECISIONS = ("lora", "full", "dreambooth"), ("no", "fp16", "bf16")
@@ -478,29 +471,13 @@ def _error_status(e: BaseException) -> tuple:
     return ("oom" if "out of memory" in text.lower() else "error"), text[:400]
 
 
-@contextlib.contextmanager
-def _fused_adamw():
-    """While sdkit's Trainer builds its optimiser, torch.optim.AdamW is AdamW(fused=True)."""
-    orig = torch.optim.AdamW
-
-    class FusedAdamW(orig):
-        def __init__(self, *args, **kwargs):
-            kwargs.setdefault("fused", True)
-            super().__init__(*args, **kwargs)
-    torch.optim.AdamW = FusedAdamW
-    try:
-        yield
-    finally:
-        torch.optim.AdamW = orig
-
-
 def sdkit_config(case: Case, env: dict, steps: int, out: str):
     import sdkit
     kw = dict(model=env["model_dir"], data=env["data"]["instance"], steps=steps, batch_size=case.batch,
               resolution=env["resolution"], out=out, tensorboard=False, sample_at_start=False,
               checkpoint_every=0, lora_rank=4, seed=0, mixed_precision=case.precision,
               gradient_checkpointing=case.grad_ckpt, attention=case.attention, cache_latents=case.cache_latents,
-              optimizer="adamw8bit" if case.optimizer == "adamw8bit" else "adamw",
+              optimizer=case.optimizer, channels_last=case.channels_last, compile_unet=case.compile,
               lr=1e-4 if case.method == "lora" else 5e-6, method=case.method, num_workers=case.workers)
     if case.method == "dreambooth":
         kw.update(instance_prompt="a sks shape", class_prompt="a shape", class_data=env["data"]["class"],
@@ -531,18 +508,9 @@ def run_sdkit(case: Case, env: dict) -> dict:
     try:
         with PeakMemory() as mem:
             cfg = sdkit_config(case, env, steps, out)
-            with (_fused_adamw() if case.optimizer == "adamw_fused" else contextlib.nullcontext()):
-                trainer = Trainer(cfg, progress=None)
-            if case.optimizer == "adamw_fused":
-                hooks.append("adamw_fused")
+            trainer = Trainer(cfg, progress=None)   # fused AdamW, channels-last, compile: sdkit's own settings
             trainer.callbacks = [c for c in trainer.callbacks
                                  if type(c).__name__ not in ("SampleCallback", "CheckpointCallback")] + [StepTimer()]
-            if case.channels_last:
-                trainer.unet.to(memory_format=torch.channels_last)
-                hooks.append("channels_last")
-            if case.compile:
-                trainer.unet.compile()
-                hooks.append("compile")
             trainer.fit()
             del trainer
         res.update(mem.result)

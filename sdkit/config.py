@@ -129,8 +129,9 @@ class TrainConfig:
                            choices=["constant", "constant_with_warmup", "linear", "cosine",
                                     "cosine_with_restarts", "polynomial"])
     lr_warmup_steps: int = _f(0, "Steps of linear warm-up from 0 to lr.", "optimiser", min=0, max=1_000_000)
-    optimizer: str = _f("adamw", "adamw (torch), adamw8bit (bitsandbytes, CUDA only: about 1/4 the optimiser "
-                        "memory).", "optimiser", choices=["adamw", "adamw8bit"])
+    optimizer: str = _f("adamw", "adamw (torch), adamw_fused (torch's fused kernel: one launch per step for all "
+                        "parameters, same maths), adamw8bit (bitsandbytes, CUDA only: about 1/4 the optimiser "
+                        "memory).", "optimiser", choices=["adamw", "adamw_fused", "adamw8bit"])
     weight_decay: float = _f(1e-2, "AdamW weight decay.", "optimiser", min=0.0, max=1.0)
     adam_beta1: float = _f(0.9, "AdamW beta1.", "optimiser", min=0.0, max=1.0)
     adam_beta2: float = _f(0.999, "AdamW beta2.", "optimiser", min=0.0, max=1.0)
@@ -143,6 +144,10 @@ class TrainConfig:
                    min=0, max=2**31 - 1)
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, ~20-30% "
                                       "slower.", "optimiser")
+    channels_last: bool = _f(False, "Keep the UNet's weights and activations in channels-last memory layout (faster "
+                             "convolutions on tensor-core GPUs; same results).", "optimiser")
+    compile_unet: bool = _f(False, "torch.compile the UNet (the first steps compile, later ones run faster on GPUs; "
+                            "needs a C++ compiler on CPUs).", "optimiser")
     attention: str = _f("sdpa", "Attention kernel: sdpa (PyTorch's fused attention) or xformers (when installed).",
                         "optimiser", choices=["sdpa", "xformers"])
     ema: bool = _f(False, "Keep an exponential moving average of the trained weights (used for samples and export).",

@@ -92,6 +92,17 @@ def test_data_loader_workers_give_the_same_run(base_config):
     assert max_diff(trained(a.path, 3), trained(r.path, 3)) < 1e-5
 
 
+def test_fused_adamw_and_channels_last_train_the_same_weights(base_config):
+    """The speed options change kernels and memory layout, not the maths."""
+    plain = sdkit.train(base_config.replace(steps=3, out=base_config.out + "_plain"), progress=None)
+    fused = sdkit.train(base_config.replace(steps=3, optimizer="adamw_fused", out=base_config.out + "_fused"),
+                        progress=None)
+    nhwc = sdkit.train(base_config.replace(steps=3, channels_last=True, out=base_config.out + "_nhwc"),
+                       progress=None)
+    assert max_diff(trained(plain.path, 3), trained(fused.path, 3)) < 1e-5
+    assert max_diff(trained(plain.path, 3), trained(nhwc.path, 3)) < 1e-4
+
+
 def test_full_method_trains_the_unet_and_resumes_in_process(base_config):
     full = base_config.replace(method="full", steps=4, checkpoint_every=2, lr=1e-4, ema=True)
     straight = sdkit.train(full.replace(out=base_config.out + "_straight"), progress=None)

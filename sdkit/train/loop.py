@@ -198,16 +198,23 @@ class Trainer:
         self.trainable = [p for g in param_groups for p in g["params"]]
         self.text_encoder.train(self.method.trains_text_encoder())
         self.unet.train()
+        if c.channels_last:  # NHWC: tensor cores' preferred layout for convolutions
+            self.unet.to(memory_format=torch.channels_last)
+        if c.compile_unet:  # in place: parameter names (checkpoints) stay the same
+            self.unet.compile()
 
         # 1d. optimiser and learning-rate schedule (stepped once per optimiser step, on every process)
         from diffusers.optimization import get_scheduler
+        extra = {}
         if c.optimizer == "adamw8bit":
             import bitsandbytes as bnb
             opt_cls = bnb.optim.AdamW8bit
         else:
             opt_cls = torch.optim.AdamW
+            if c.optimizer == "adamw_fused":
+                extra["fused"] = True
         self.optimizer = opt_cls(param_groups, lr=c.lr, betas=(c.adam_beta1, c.adam_beta2),
-                                 weight_decay=c.weight_decay, eps=c.adam_epsilon)
+                                 weight_decay=c.weight_decay, eps=c.adam_epsilon, **extra)
         self.lr_schedule = get_scheduler(c.lr_scheduler, self.optimizer, num_warmup_steps=c.lr_warmup_steps,
                                          num_training_steps=c.steps)
         self.ema = None
