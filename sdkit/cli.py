@@ -97,6 +97,9 @@ def _cmd_show(args):
     for step, paths in run.samples.items():
         print(f"samples at step {step}: {len(paths)} images ({run.grid(step)})")
     print("checkpoints: " + (", ".join(p.name for p in run.checkpoints) or "none"))
+    if run.stopped_early and run.checkpoints:
+        print(f"stopped at step {run.final_step} of {run.config.steps}: continue with "
+              f"python -m sdkit train --config {run.path / 'config.yaml'} --out {run.path} --resume latest")
     return 0
 
 

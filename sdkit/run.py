@@ -20,11 +20,23 @@ __all__ = ["Run"]
 class Run:
     """Everything a finished (or stopped, or still running) run wrote. `Run(path)` opens any run directory."""
 
-    def __init__(self, path, stopped_early: bool = False):
+    def __init__(self, path, stopped_early: bool | None = None):
         self.path = Path(path)
         if not (self.path / "config.yaml").is_file():
             raise FileNotFoundError(f"{self.path} is not an sdkit run directory (no config.yaml).")
-        self.stopped_early = stopped_early
+        self._stopped_early = stopped_early
+
+    @property
+    def stopped_early(self) -> bool:
+        """True when the run ended before its configured steps (Stop, Ctrl-C, a crash): read from the files when
+        the Run was opened from disk, so `--resume latest` can be suggested for any run directory."""
+        if self._stopped_early is not None:
+            return self._stopped_early
+        return self.final_step < self.config.steps
+
+    @stopped_early.setter
+    def stopped_early(self, value: bool):
+        self._stopped_early = value
 
     def __repr__(self):
         return f"Run({str(self.path)!r}, step={self.final_step}, checkpoints={len(self.checkpoints)})"

@@ -115,8 +115,9 @@ def test_full_method_trains_the_unet_and_resumes_in_process(base_config):
                 stop.set()
     part = sdkit.train(full, callbacks=[StopAt2()], stop_event=stop, progress=None)
     assert part.stopped_early and part.final_step == 2
+    assert sdkit.Run(part.path).stopped_early      # also when opened from disk later (sdkit show, notebooks)
     resumed = sdkit.train(full.replace(resume="latest"), progress=None)
-    assert resumed.final_step == 4
+    assert resumed.final_step == 4 and not sdkit.Run(resumed.path).stopped_early
     assert max_diff(trained(straight.path, 4), trained(resumed.path, 4)) <= 1e-5
     assert any(k.startswith("unet.conv_in") for k in trained(resumed.path, 4))
 
