@@ -218,3 +218,20 @@ def preflight(config, budget_gb: float = 15.0, ram_budget_gb: float = 12.0, bits
             est.safer, est.safer_vram_gb = changes, trial.vram_gb
             break
     return est
+
+
+def gpu_warning(config, budget_gb: float) -> str | None:
+    """The warning the training loop prints before it loads a model when `config` is estimated over a GPU of
+    `budget_gb` (None when it fits, or when no estimate can be made for this model)."""
+    from .config import ConfigError
+    try:
+        est = preflight(config, budget_gb=budget_gb, ram_budget_gb=None)
+    except (ConfigError, OSError, ValueError):
+        return None
+    if est.vram_gb <= budget_gb:
+        return None
+    text = (f"pre-flight: this config needs about {est.vram_gb:.1f} GB of GPU memory (estimate, +-15 %); this GPU "
+            f"has {budget_gb:.1f} GB, so it will probably run out of memory.")
+    if est.safer:
+        text += f" Settings that fit (about {est.safer_vram_gb:.1f} GB): {est.safer}."
+    return text

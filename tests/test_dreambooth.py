@@ -117,3 +117,15 @@ def test_preflight_cli_warns_and_proposes_safer_settings(capsys):
     assert rc == 3 and "WARNING: over the 15 GB" in text and "safer:" in text and "--mixed-precision fp16" in text
     assert main(["preflight", "--model", "sd15", "--method", "lora", "--data", "x", "--resolution", "512",
                  "--mixed-precision", "fp16"]) == 0
+
+
+def test_training_on_a_gpu_warns_before_loading_when_the_config_will_not_fit():
+    """What the loop says first on a GPU (sdkit.preflight.gpu_warning): SD 1.5 full DreamBooth in fp32 on a 15 GB
+    T4 does not fit, and the warning names settings that do; a LoRA at 512 px fits and says nothing."""
+    from sdkit.preflight import gpu_warning
+    from sdkit import TrainConfig
+    db = TrainConfig(model="sd15", method="dreambooth", class_prompt="a photo of a dog", resolution=512)
+    text = gpu_warning(db, 15.0)
+    assert text and "will probably run out of memory" in text and "Settings that fit" in text
+    assert gpu_warning(TrainConfig(model="sd15", method="lora", resolution=512, mixed_precision="fp16"), 15.0) is None
+    assert gpu_warning(TrainConfig(model="sdxl"), 15.0) is None   # no SDXL estimate: no false alarm

@@ -143,6 +143,13 @@ class Trainer:
             raise ConfigError(f"out: {self.run_dir} already holds checkpoints of another run. Fix: --resume latest "
                               f"to continue it, or choose a new --out.")
 
+        # 1a'. on a GPU: will it fit? (the estimate of `python -m sdkit preflight`, said before minutes of loading)
+        if torch.cuda.is_available() and acc.is_main_process:
+            from ..preflight import gpu_warning
+            warning = gpu_warning(c, torch.cuda.get_device_properties(acc.device).total_memory / 1e9)
+            if warning:
+                self.message("warning", warning)
+
         # 1b. data (scanned before the model loads so that a bad folder fails fast)
         self.scan = scan_folder(c.data, c.caption_ext, layout=c.data_layout)
         for p in self.scan.problems:
