@@ -500,6 +500,9 @@ class Trainer:
             tips.append("resolution=512")
         if c.method == "full":
             tips.append("method='lora' (a fraction of the memory)")
+        elif c.method == "dreambooth":
+            tips.append("method='lora' with prior_preservation=True (LoRA DreamBooth: same recipe, a fraction of "
+                        "the memory)")
         return f"CUDA out of memory at step {self.step} ({str(e).splitlines()[0]}). Try: " + "; ".join(tips) + "."
 
     # ---- 5. samples, checkpoints, config ------------------------------------------------------------------
