@@ -196,28 +196,13 @@ def export_pipeline(run, out, checkpoint=None) -> Path:
 
 
 def merged_pipeline(run, checkpoint=None):
-    """The run's pipeline with every trained weight in place and no adapter layers left (LoRA merged)."""
+    """The run's pipeline with every trained weight in place and no adapter layers or hooks left (the run's
+    method merges: LoRA/LoHa/LoKr into the weights, textual-inversion vectors into the embedding table)."""
+    from .train.methods import make_method
     run = _open(run)
-    if run.config.method == "hypernetwork":
-        raise ValueError(f"{run.path}: a hypernetwork cannot be merged into the weights (it transforms the text "
-                         f"context at every cross-attention). Fix: --format hypernetwork (A1111's .pt).")
+    method = make_method(run.config)
     pipe = run.load_pipeline(checkpoint)
-    vectors = getattr(pipe.text_encoder, "sdkit_token_vectors", None)
-    if vectors is not None:  # textual inversion: the new token's rows hold the trained vectors
-        vectors.bake(pipe.text_encoder)
-    from peft.tuners.tuners_utils import BaseTunerLayer
-    for model in (pipe.unet, pipe.text_encoder):
-        if any(isinstance(m, BaseTunerLayer) for m in model.modules()):  # LoRA, LoHa, LoKr: all merge the same way
-            # merge each LoRA layer into its base weight, then swap the wrapper for the base layer
-            for name, module in list(model.named_modules()):
-                if isinstance(module, BaseTunerLayer):
-                    module.merge()
-                    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-                    setattr(parent, name.rsplit(".", 1)[-1], module.get_base_layer())
-            if hasattr(model, "peft_config"):
-                del model.peft_config
-            if hasattr(model, "_hf_peft_config_loaded"):
-                model._hf_peft_config_loaded = False
+    method.merge(pipe)
     return pipe
 
 

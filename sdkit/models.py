@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["PRESETS", "resolve_model", "load_pipeline", "clip_tokenizer", "make_tiny", "data_samples_dir",
-           "native_resolution", "ModelNotFound"]
+           "native_resolution", "ModelNotFound", "save_pipeline"]
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 TOKENIZER_DIR = PACKAGE_DIR / "assets" / "clip_tokenizer"
@@ -175,10 +175,16 @@ def make_tiny(out_dir, seed: int = 0, sample_size: int = 16, cross_attention_dim
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
+    return save_pipeline(pipe, out_dir)
+
+
+def save_pipeline(pipe, out_dir) -> Path:
+    """save_pretrained into a temporary folder, then rename: a crash never leaves a half-written pipeline."""
+    import shutil
+    out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     pipe.save_pretrained(tmp)
     if out_dir.exists():
-        import shutil
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
     return out_dir

@@ -180,7 +180,7 @@ def make_tiny_sdxl(out_dir, seed: int = 0, sample_size: int = 16, hidden: int = 
     """
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-    from .models import clip_tokenizer
+    from .models import clip_tokenizer, save_pipeline
 
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
@@ -208,10 +208,4 @@ def make_tiny_sdxl(out_dir, seed: int = 0, sample_size: int = 16, hidden: int = 
     pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
                                      tokenizer=clip_tokenizer(), tokenizer_2=tokenizer_2, unet=unet,
                                      scheduler=scheduler, force_zeros_for_empty_prompt=True, add_watermarker=False)
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    pipe.save_pretrained(tmp)
-    if out_dir.exists():
-        import shutil
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-    return out_dir
+    return save_pipeline(pipe, out_dir)

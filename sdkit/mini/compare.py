@@ -58,6 +58,7 @@ def compare(names, steps: int, out, seeds=(0, 1, 2, 3), sample_steps: int = 25, 
     """Train each method in `names`, export it, measure it; one row (dict) per method, base model first."""
     from ..export import export
     from ..models import load_pipeline
+    from ..train.methods import make_method
     from .concept import CONCEPT_PROMPTS, StarDetector, measure
     detector = detector or StarDetector.fit()
     base = measure(load_pipeline(model), seeds=seeds, steps=sample_steps, detector=detector)
@@ -71,10 +72,8 @@ def compare(names, steps: int, out, seeds=(0, 1, 2, 3), sample_steps: int = 25, 
         size = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() \
             else Path(path).stat().st_size
         pipe = run.load_pipeline()
-        prompts = CONCEPT_PROMPTS
-        if name == "textual-inversion":  # its concept is the new token, not the word sks
-            from ..train.textual_inversion import TextualInversionMethod
-            prompts = [TextualInversionMethod(run.config).sample_prompt(p) for p in CONCEPT_PROMPTS]
+        method = make_method(run.config)  # textual inversion: its concept is the new token, not the word sks
+        prompts = [method.sample_prompt(p) if hasattr(method, "sample_prompt") else p for p in CONCEPT_PROMPTS]
         m = measure(pipe, base["images"]["control"], seeds=seeds, steps=sample_steps, detector=detector,
                     concept_prompts=prompts)
         row = {"method": name, "trainable": _trainable(run), "file_bytes": size, "train_s": train_s,

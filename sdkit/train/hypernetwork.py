@@ -286,6 +286,10 @@ class HypernetworkMethod(Method):
     def trains_text_encoder(self) -> bool:
         return False
 
+    def merge(self, pipe) -> None:
+        raise ValueError("a hypernetwork cannot be merged into the weights (it transforms the text context at every "
+                         "cross-attention). Fix: --format hypernetwork (A1111's .pt).")
+
     def setup(self, unet, text_encoder):
         c = self.config
         if c.attention == "xformers":  # enabling xformers would replace the processors that carry the MLPs

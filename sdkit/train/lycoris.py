@@ -157,10 +157,12 @@ def export_lycoris(run, out, checkpoint=None, dtype=torch.float16) -> Path:
     import json
     from safetensors.torch import save_file
     from .. import __version__
+    from ..run import Run
+    run = run if isinstance(run, Run) else Run(run)
     unet_sd, te_sd, rank, alpha, kind = lycoris_state(run, checkpoint)
     out = Path(out)
     if out.suffix != ".safetensors":
-        out = out / f"{Path(run if not hasattr(run, 'path') else run.path).name}-{kind}.safetensors"
+        out = out / f"{run.path.name}-{kind}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = peft_to_lycoris(unet_sd, te_sd, rank, alpha, dtype)
     meta = {"ss_network_module": "lycoris.kohya", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),

@@ -41,6 +41,22 @@ class Method:
         """per_sample: (batch,) weighted MSE of each sample. Default: their mean."""
         return per_sample.mean()
 
+    def merge(self, pipe) -> None:
+        """Make a pipeline that carries this method's trained weights plain: every peft adapter layer (LoRA, LoHa,
+        LoKr) merged into its base weight and replaced by it, so save_pretrained writes an ordinary pipeline.
+        Methods with other machinery override this (textual inversion bakes its vectors; a hypernetwork refuses)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        for model in (pipe.unet, pipe.text_encoder):
+            for name, module in list(model.named_modules()):
+                if isinstance(module, BaseTunerLayer):
+                    module.merge()
+                    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+                    setattr(parent, name.rsplit(".", 1)[-1], module.get_base_layer())
+            if hasattr(model, "peft_config"):
+                del model.peft_config
+            if hasattr(model, "_hf_peft_config_loaded"):
+                model._hf_peft_config_loaded = False
+
     def _groups(self, unet_params, te_params):
         c = self.config
         groups = [{"params": unet_params, "lr": c.lr}]

@@ -121,6 +121,10 @@ class TextualInversionMethod(Method):
         self.module.vectors.requires_grad_(True)
         return [{"params": [self.module.vectors], "lr": self.config.lr}]
 
+    def merge(self, pipe) -> None:
+        """Pipeline export: the trained vectors go into the embedding table's rows; the hook goes."""
+        pipe.text_encoder.sdkit_token_vectors.bake(pipe.text_encoder)
+
     def state_dict(self, unet, text_encoder):
         return {"token_vectors": self.module.vectors.detach()}
 
