@@ -82,8 +82,7 @@ counts = {}
 for name, recipe in RECIPES.items():
     pipe = load_pipeline(MODEL)
     method = make_method(sdkit.TrainConfig(model=MODEL, **recipe))
-    if hasattr(method, "prepare_pipeline"):
-        method.prepare_pipeline(pipe)
+    method.prepare_pipeline(pipe)
     groups = method.setup(pipe.unet, pipe.text_encoder)
     counts[name] = sum(p.numel() for g in groups for p in g["params"])
 unet_total = sum(p.numel() for p in load_pipeline(MODEL).unet.parameters())

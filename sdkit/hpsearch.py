@@ -449,29 +449,8 @@ class TrialCallback(Callback):
         """{objective: value, ...} with the trainer's current weights (EMA weights when the run keeps them)."""
         if self.objective == "train_loss":
             return {"train_loss": _tail_mean(self.losses)}
-        import torch
-        from .captions import insert_trigger
-        from .evaluate.metrics import validation_loss
-        c, acc = trainer.config, trainer.accelerator
         images, captions = self.val
-        if c.instance_prompt:
-            captions = [c.instance_prompt] * len(images)
-        elif c.trigger_token:
-            captions = [insert_trigger(cap, c.trigger_token) for cap in captions]   # as the training captions
-        if hasattr(trainer.method, "convert_captions"):                               # textual inversion's tokens
-            captions = trainer.method.convert_captions(list(captions))
-        unet, te = acc.unwrap_model(trainer.unet), acc.unwrap_model(trainer.text_encoder)
-        was = unet.training, te.training
-        unet.eval(), te.eval()
-        rng = torch.get_rng_state()
-        try:
-            ctx = trainer.ema_weights() if trainer.ema is not None else contextlib.nullcontext()
-            with ctx, torch.no_grad(), acc.autocast():
-                out = validation_loss(trainer.pipeline(), images, captions, prediction_type=trainer.prediction_type,
-                                      resolution=trainer.resolution, x0_psnr=self.objective == "x0_psnr")
-        finally:
-            torch.set_rng_state(rng)
-            unet.train(was[0]), te.train(was[1])
+        out = trainer.validation_loss(images, captions, x0_psnr=self.objective == "x0_psnr")
         return {k: v for k, v in out.items() if k in ("val_loss", "x0_psnr")}
 
 

@@ -59,8 +59,7 @@ class CheckpointSwitcher:
         self.config = run.config
         self.pipe = load_pipeline(self.config.model, revision=self.config.revision)
         self.method = make_method(self.config)
-        if hasattr(self.method, "prepare_pipeline"):
-            self.method.prepare_pipeline(self.pipe)
+        self.method.prepare_pipeline(self.pipe)
         torch.manual_seed(self.config.seed)
         self.method.setup(self.pipe.unet, self.pipe.text_encoder)
         self.base_state = {k: v.detach().clone() for k, v in

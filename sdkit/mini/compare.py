@@ -73,7 +73,7 @@ def compare(names, steps: int, out, seeds=(0, 1, 2, 3), sample_steps: int = 25, 
             else Path(path).stat().st_size
         pipe = run.load_pipeline()
         method = make_method(run.config)  # textual inversion: its concept is the new token, not the word sks
-        prompts = [method.sample_prompt(p) if hasattr(method, "sample_prompt") else p for p in CONCEPT_PROMPTS]
+        prompts = [method.sample_prompt(p) for p in CONCEPT_PROMPTS]
         m = measure(pipe, base["images"]["control"], seeds=seeds, steps=sample_steps, detector=detector,
                     concept_prompts=prompts)
         row = {"method": name, "trainable": _trainable(run), "file_bytes": size, "train_s": train_s,

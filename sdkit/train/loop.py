@@ -183,8 +183,7 @@ class Trainer:
         self.vae.requires_grad_(False)
         self.vae.eval()
         self.method = make_method(c)
-        if hasattr(self.method, "prepare_pipeline"):  # e.g. textual inversion adds its token to the tokenizer
-            self.method.prepare_pipeline(pipe)
+        self.method.prepare_pipeline(pipe)  # e.g. textual inversion adds its token to the tokenizer
         torch.manual_seed(c.seed)  # adapter initialisation (LoRA A matrices) is part of the seeded run
         param_groups = self.method.setup(self.unet, self.text_encoder)
         if c.attention == "xformers":
@@ -316,8 +315,7 @@ class Trainer:
 
     # ---- 3. the loss ---------------------------------------------------------------------------------------
     def encode_text(self, captions):
-        if hasattr(self.method, "convert_captions"):
-            captions = self.method.convert_captions(captions)
+        captions = self.method.convert_captions(captions)
         if self.sdxl:  # SDXL: (both encoders' penultimate states concatenated, pooled text_embeds)
             return sdxl.encode_prompt(captions, (self.tokenizer, self.tokenizer_2),
                                       (self.text_encoder, self.text_encoder_2), self.accelerator.device)
@@ -447,25 +445,34 @@ class Trainer:
         return bool(self.accelerator.reduce(t, "max").item())
 
     @torch.no_grad()
-    def validation_loss(self) -> dict:
-        """The deterministic validation loss (fixed timesteps and noise) on the held-out split, current weights."""
-        from ..evaluate.metrics import validation_loss
+    def validation_loss(self, images=None, captions=None, x0_psnr: bool = False) -> dict:
+        """The deterministic validation loss (fixed timesteps and noise) with the current weights (the EMA weights
+        when the run keeps them) on `images` (default: the validation_split's held-out images). Captions get what
+        training captions get: the instance prompt, the trigger word, the method's tokens. Training's random
+        state is left as it was."""
         from PIL import Image
-        acc = self.accelerator
-        images = [Image.open(p).convert("RGB") for p, _ in self.val_scan.items]
-        captions = [cap for _, cap in self.val_scan.items]
-        if hasattr(self.method, "convert_captions"):
-            captions = self.method.convert_captions(captions)
+        from ..captions import insert_trigger
+        from ..evaluate.metrics import validation_loss
+        c, acc = self.config, self.accelerator
+        if images is None:
+            images = [Image.open(p).convert("RGB") for p, _ in self.val_scan.items]
+            captions = [cap for _, cap in self.val_scan.items]
+        if c.instance_prompt:
+            captions = [c.instance_prompt] * len(images)
+        elif c.trigger_token:
+            captions = [insert_trigger(cap, c.trigger_token) for cap in captions]
+        captions = self.method.convert_captions(captions)
         unet, te = acc.unwrap_model(self.unet), acc.unwrap_model(self.text_encoder)
         was = unet.training, te.training
         unet.eval(), te.eval()
+        rng = torch.get_rng_state()
         ctx = self.ema_weights() if self.ema is not None else contextlib.nullcontext()
         try:
             with ctx, acc.autocast():
-                return validation_loss(self.pipeline(), images, captions, seed=self.config.seed,
-                                       prediction_type=self.prediction_type, resolution=self.resolution,
-                                       x0_psnr=False)
+                return validation_loss(self.pipeline(), images, captions, prediction_type=self.prediction_type,
+                                       resolution=self.resolution, x0_psnr=x0_psnr)
         finally:
+            torch.set_rng_state(rng)
             unet.train(was[0]), te.train(was[1])
 
     def _nan_diagnosis(self, value) -> str:
@@ -522,9 +529,7 @@ class Trainer:
             if self.config.trigger_token:
                 from ..captions import insert_trigger
                 prompts = [insert_trigger(p, self.config.trigger_token, "start") for p in prompts]
-        if hasattr(self.method, "sample_prompt"):  # textual inversion: the token goes into the prompt
-            prompts = [self.method.sample_prompt(p) for p in prompts]
-        return prompts
+        return [self.method.sample_prompt(p) for p in prompts]  # textual inversion: its token goes in
 
     def pipeline(self):
         """A StableDiffusionPipeline over the models being trained (for samples; shares their weights)."""
@@ -679,8 +684,7 @@ def pipeline_from_checkpoint(run, checkpoint=None, device="cpu", use_ema=True):
     path = find_checkpoint(run.path, checkpoint or "latest")
     pipe = load_pipeline(config.model, revision=config.revision)
     method = make_method(config)
-    if hasattr(method, "prepare_pipeline"):
-        method.prepare_pipeline(pipe)
+    method.prepare_pipeline(pipe)
     groups = method.setup(pipe.unet, pipe.text_encoder)
     method.load_state_dict(pipe.unet, pipe.text_encoder, load_file(Path(path) / "trainable.safetensors"))
     if use_ema and config.ema and (Path(path) / "ema.safetensors").is_file():

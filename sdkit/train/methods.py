@@ -4,9 +4,9 @@ The loop (sdkit.train.loop) is the same for every method. A method:
 - `setup(unet, text_encoder)` freezes what stays frozen, adds adapters, returns optimiser parameter groups;
 - `state_dict(unet, text_encoder)` / `load_state_dict(...)` give the trainable weights (what a checkpoint holds);
 - `loss(per_sample, batch)` reduces per-sample losses (DreamBooth weighs class images here);
-- optional `prepare_pipeline(pipe)` (before `setup`, in training and when a checkpoint is loaded for sampling or
-  export): a method that changes the tokenizer or the attention processors does it here (textual inversion);
-- optional `convert_captions(captions)`: rewrite captions before tokenising (multi-vector textual inversion);
+- `prepare_pipeline(pipe)` (before `setup`, in training and when a checkpoint is loaded for sampling or export),
+  `convert_captions(captions)`, `sample_prompt(prompt)` and `merge(pipe)`: no-ops (peft merge for `merge`) that
+  textual inversion and hypernetworks override;
 - optional `prepare(trainer)` (after the models load) and `extend_batch(trainer, batch)` (per micro-batch) let a
   method add samples to the batch: DreamBooth's class images (sdkit.train.dreambooth).
 """
@@ -36,6 +36,18 @@ class Method:
 
     def trains_text_encoder(self) -> bool:
         return bool(self.config.train_text_encoder)
+
+    def prepare_pipeline(self, pipe) -> None:
+        """Before `setup`, in training and whenever a checkpoint is loaded: change the tokenizer or the attention
+        processors if the method needs to (textual inversion adds its token). Default: nothing."""
+
+    def convert_captions(self, captions: list) -> list:
+        """Captions as the text encoder must see them (multi-vector textual inversion expands its token)."""
+        return list(captions)
+
+    def sample_prompt(self, prompt: str) -> str:
+        """A prompt as a pipeline with this method's weights must get it (textual inversion: its token)."""
+        return prompt
 
     def loss(self, per_sample: torch.Tensor, batch: dict) -> torch.Tensor:
         """per_sample: (batch,) weighted MSE of each sample. Default: their mean."""
