@@ -2,7 +2,8 @@
 dashboard are all callbacks: they receive the trainer and what just happened, and hold no training logic.
 
 Hooks (all optional): on_train_start(trainer) · on_step_end(trainer, logs) · on_log(trainer, logs) ·
-on_sample(trainer, step, images, paths) · on_checkpoint(trainer, step, path) · on_message(trainer, level, text) ·
+on_sample(trainer, step, images, paths) · on_checkpoint(trainer, step, path) · on_validation(trainer, step, result) ·
+on_message(trainer, level, text) ·
 on_train_end(trainer, run).
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ class Callback:
     def on_log(self, trainer, logs: dict): ...
     def on_sample(self, trainer, step: int, images: list, paths: list): ...
     def on_checkpoint(self, trainer, step: int, path): ...
+    def on_validation(self, trainer, step: int, result: dict): ...
     def on_message(self, trainer, level: str, text: str): ...
     def on_train_end(self, trainer, run): ...
 
@@ -77,12 +79,7 @@ class ValidationCallback(Callback):
 
     def on_checkpoint(self, trainer, step, path):
         result = trainer.validation_loss()
-        MetricsCallback._write(trainer, {"step": step, "event": "validation", "val_loss": result["val_loss"],
-                                         "val_loss_per_t": result["val_loss_per_t"], "val_n": result["val_n"],
-                                         "time": time.time()})
-        for c in trainer.callbacks:
-            if isinstance(c, TensorBoardCallback) and hasattr(c, "writer"):
-                c.writer.add_scalar("val/loss", result["val_loss"], step)
+        trainer.emit("on_validation", step, result)   # metrics.jsonl, TensorBoard, ... record it
         trainer.message("info", f"validation loss at step {step}: {result['val_loss']:.5f} "
                                 f"({result['val_n']} held-out images)")
 
@@ -106,6 +103,11 @@ class MetricsCallback(Callback):
         self._write(trainer, {"step": step, "event": "samples", "paths": [str(p) for p in paths],
                               "time": time.time()})
 
+    def on_validation(self, trainer, step, result):
+        self._write(trainer, {"step": step, "event": "validation", "val_loss": result["val_loss"],
+                              "val_loss_per_t": result["val_loss_per_t"], "val_n": result["val_n"],
+                              "time": time.time()})
+
     def on_message(self, trainer, level, text):
         self._write(trainer, {"step": trainer.step, "event": "message", "level": level, "text": text,
                               "time": time.time()})
@@ -122,6 +124,9 @@ class TensorBoardCallback(Callback):
         for key in ("loss", "loss_smooth", "lr", "grad_norm", "images_per_s"):
             if key in logs and logs[key] is not None:
                 self.writer.add_scalar(f"train/{key}", logs[key], logs["step"])
+
+    def on_validation(self, trainer, step, result):
+        self.writer.add_scalar("val/loss", result["val_loss"], step)
 
     def on_sample(self, trainer, step, images, paths):
         import numpy as np

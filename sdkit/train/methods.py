@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["Method", "LoRAMethod", "FullMethod", "LoConMethod", "METHODS", "method_class", "make_method"]
+__all__ = ["Method", "PeftAdapterMethod", "LoRAMethod", "FullMethod", "LoConMethod", "METHODS", "method_class", "make_method"]
 
 TEXT_ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
 

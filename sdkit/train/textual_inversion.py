@@ -111,7 +111,6 @@ class TextualInversionMethod(Method):
         self.module = TokenVectors(ids[0], vectors)
         te.add_module("sdkit_token_vectors", self.module)  # moves with the encoder (.to(device), dtype)
         self.module.handle = emb.register_forward_hook(self.module.hook)
-        self.tokenizer = tok
 
     def setup(self, unet, text_encoder):
         if self.module is None:
