@@ -3,8 +3,7 @@
     run = sdkit.train(sdkit.LoRAConfig(model="mini", data="data_samples/glyph", steps=300))
     sdkit.show(run)   # loss curve + sample grid
 """
-__version__ = "0.1.0"
-
+from .version import __version__  # noqa: E402
 from .config import ConfigError, DreamBoothConfig, FullConfig, LoRAConfig, TrainConfig  # noqa: E402
 from .models import load_pipeline, make_tiny  # noqa: E402
 from .run import Run  # noqa: E402
