@@ -1,5 +1,5 @@
-"""Data: awkward and broken folders, the data check (Python and CLI), layouts, captions, buckets, split, latent
-cache, auto-captioning, the caption editor, and a LoRA run on a messy folder."""
+"""Data: awkward and broken folders, the data check (Python and CLI), layouts, captions, buckets, split,
+auto-captioning, the caption editor, and a LoRA run on a messy folder."""
 import json
 import os
 import shutil
@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 import sdkit
-from sdkit import captions as C
-from sdkit.data import (BucketBatchSampler, DataError, ImageCaptionDataset, LatentCache, assign_bucket, check,
-                        load_image, make_buckets, scan_folder, train_val_split)
+from sdkit import data as C  # the caption rules and the captioner are re-exported by sdkit.data
+from sdkit.data import (BucketBatchSampler, DataError, ImageCaptionDataset, assign_bucket, check, load_image,
+                        make_buckets, scan_folder, train_val_split)
+from sdkit.ui.captions import caption_editor
 
 from conftest import PYTHON, ROOT, write_captioned_folder
 from corpus import _pattern, build_corpus
@@ -244,15 +245,15 @@ def test_dataset_caption_transform_depends_only_on_the_seed(tmp_path):
     assert len({ds[(2, s)]["caption"] for s in range(20)}) > 1
 
 
-def test_colour_jitter_warns_when_captions_name_colours(data8):
+def test_color_jitter_warns_when_captions_name_colors(data8):
     ds = ImageCaptionDataset(scan_folder(data8), 32, color_jitter=0.2)
-    assert "color_jitter" in ds.colour_warning() and "red" in ds.colour_warning()
+    assert "color_jitter" in ds.color_warning() and "red" in ds.color_warning()
     x = ds[(0, 1)]["pixels"]
     assert x.shape == (3, 32, 32) and x.min() >= -1 and x.max() <= 1
-    assert any("colour jitter" in p.message for p in check(data8, resolution=32, color_jitter=0.2).problems)
+    assert any("color jitter" in p.message for p in check(data8, resolution=32, color_jitter=0.2).problems)
 
 
-# ---- buckets, split, cache --------------------------------------------------------------------------------------
+# ---- buckets, split ---------------------------------------------------------------------------------------------
 def test_buckets_stay_in_bounds_and_never_upscale_when_asked(tmp_path):
     buckets = make_buckets(512, min_size=256, max_size=1024, step=64)
     assert (512, 512) in buckets and (1024, 256) in buckets
@@ -294,25 +295,6 @@ def test_train_val_split_is_deterministic_and_disjoint(tmp_path):
     assert [p for p, _ in train_val_split(scan, 0.25, seed=1)[1].items] != [p for p, _ in va.items]
 
 
-def test_latent_cache_is_invalidated_by_new_pixels_or_new_transforms(tmp_path):
-    img = tmp_path / "a.png"
-    Image.new("RGB", (8, 8), (10, 20, 30)).save(img)
-    calls = []
-
-    def compute():
-        calls.append(1)
-        return torch.full((4, 2, 2), float(len(calls)))
-    cache = LatentCache(tmp_path / "cache")
-    params = {"size": (32, 32), "crop": "center", "vae": "tiny"}
-    first = cache.get(img, params, compute)
-    assert torch.equal(cache.get(img, params, compute), first) and len(calls) == 1
-    assert torch.equal(LatentCache(tmp_path / "cache").get(img, params, compute), first) and len(calls) == 1
-    cache.get(img, {**params, "size": (64, 64)}, compute)                           # new transform
-    assert len(calls) == 2
-    Image.new("RGB", (8, 8), (200, 20, 30)).save(img)                               # new pixels, same name
-    assert not torch.equal(cache.get(img, params, compute), first) and len(calls) == 3
-
-
 # ---- auto-captioning and the editor -----------------------------------------------------------------------------
 def test_tiny_captioner_writes_sidecars_and_keeps_existing(tmp_path):
     model = C.make_tiny_captioner(tmp_path / "tiny-blip")
@@ -335,7 +317,7 @@ def test_tiny_captioner_writes_sidecars_and_keeps_existing(tmp_path):
 def test_caption_editor_saves_edits(tmp_path):
     pytest.importorskip("ipywidgets")
     folder = write_captioned_folder(tmp_path / "d", n=2, size=40)
-    editor = C.caption_editor(folder)
+    editor = caption_editor(folder)
     box = editor.boxes[folder / "img_01.png"]
     box.value = "sks star,  edited "
     assert [p.name for p in editor.save()] == ["img_01.txt"]
