@@ -31,8 +31,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["UnsafePickleError", "ConvertError", "Summary", "DTYPES", "PICKLE_SUFFIXES", "load_checkpoint",
-           "unwrap_tensors", "save_safetensors", "folder_to_single_file", "single_file_to_folder", "convert",
-           "add_convert_command"]
+           "unwrap_tensors", "save_safetensors", "folder_to_single_file", "single_file_to_folder", "convert"]
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
@@ -311,33 +310,3 @@ def convert(src, out, dtype=None, trust_pickle: bool = False, config_from: str =
                            f"state dict. Fix: check it is a weights file, not e.g. a training log.")
     written = save_safetensors(tensors, out, {"format": "pt", "converted_from": src.name}, dtype)
     return _summary(src, out, "state dict -> .safetensors", _stats(written), skipped)
-
-
-# ---- 5. command line ------------------------------------------------------------------------------------------
-def _cmd_convert(args):
-    from .models import ModelNotFound
-    try:
-        summary = convert(args.src, args.out, dtype=args.dtype, trust_pickle=args.trust_pickle,
-                          config_from=args.config_from)
-    except (UnsafePickleError, ConvertError, ModelNotFound, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(summary.text())
-    return 0
-
-
-def add_convert_command(sub):
-    """Add `convert` to the `python -m sdkit` sub-parsers."""
-    p = sub.add_parser("convert", help="convert weights: .ckpt/.pt/.bin -> .safetensors (refuses code-running "
-                                       "pickles), diffusers folder <-> one SD .safetensors")
-    p.add_argument("src", help=".ckpt/.pt/.pth/.bin/.safetensors file, or a diffusers folder (or preset name)")
-    p.add_argument("--out", required=True, help="NAME.safetensors, or a folder (for a diffusers pipeline)")
-    p.add_argument("--dtype", choices=list(DTYPES), default=None,
-                   help="cast floating tensors (default: keep the source's dtype)")
-    p.add_argument("--trust-pickle", action="store_true",
-                   help="load a pickle that holds more than tensors: RUNS CODE IN THE FILE; only for trusted sources")
-    p.add_argument("--config-from", default=DEFAULT_CONFIG_FROM,
-                   help="single file -> folder: a pipeline of the same architecture to take configs, tokenizer and "
-                        "scheduler from (preset, folder or Hub id; default sd15 = the SD 1.5 Hub mirror, which needs "
-                        "the network; offline use mini or a local folder)")
-    p.set_defaults(func=_cmd_convert)

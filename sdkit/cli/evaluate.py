@@ -1,4 +1,4 @@
-"""`python -m sdkit eval grid|metrics|diagnose RUN ...` (added to sdkit/cli.py by add_eval_commands).
+"""`python -m sdkit eval grid|metrics|diagnose RUN ...`.
 
     python -m sdkit eval grid RUN --prompts "a red seven on a blue background" --seeds 0 1 --out grid.png
     python -m sdkit eval grid RUN --prompts P --seeds 0 --checkpoints step_000020 step_000040 --scales 0 0.5 1
@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 
+from ..evaluate import table
+from ..evaluate.diagnose import diagnose
+from ..evaluate.grid import checkpoint_grid
+from ..evaluate.metrics import evaluate_run
+from ..run import Run
+
 __all__ = ["add_eval_commands"]
 
 
 def _cmd_grid(args):
-    from ..run import Run
-    from .grid import checkpoint_grid
     run = Run(args.run)
     g = checkpoint_grid(run, args.prompts, args.seeds, checkpoints=args.checkpoints, scales=args.scales,
                         steps=args.steps, guidance_scale=args.guidance, progress=print)
@@ -27,9 +31,6 @@ def _cmd_grid(args):
 
 
 def _cmd_metrics(args):
-    from ..run import Run
-    from . import table
-    from .metrics import evaluate_run
     run = Run(args.run)
     report = evaluate_run(run, prompts=args.prompts, seeds=args.seeds, checkpoints=args.checkpoints,
                           control_prompts=args.control, reference=args.reference, val_data=args.val_data,
@@ -43,7 +44,6 @@ def _cmd_metrics(args):
 
 
 def _cmd_diagnose(args):
-    from .diagnose import diagnose
     d = diagnose(args.run, metrics=json.loads(open(args.json).read()) if args.json else None)
     print(d)
     return 0

@@ -8,13 +8,14 @@
 """
 from __future__ import annotations
 
-import sys
+from ..captions import DEFAULT_CAPTIONER, Captioner, caption_folder
+from ..data_samples_build import build_all
+from ..lint import check
 
 __all__ = ["add_data_commands"]
 
 
 def _cmd_check(args):
-    from .lint import check
     report = check(args.dir, resolution=args.resolution, caption_ext=args.caption_ext, trigger=args.trigger or "",
                    kind=args.kind, layout=args.layout)
     print(report.table(show_info=not args.quiet))
@@ -25,7 +26,6 @@ def _cmd_check(args):
 
 
 def _cmd_caption(args):
-    from .captions import Captioner, caption_folder
     captioner = Captioner(args.model, max_new_tokens=args.max_new_tokens, prompt=args.prompt)
     result = caption_folder(args.dir, captioner, caption_ext=args.caption_ext, overwrite=args.overwrite,
                             trigger=args.trigger or "")
@@ -35,7 +35,6 @@ def _cmd_caption(args):
 
 
 def _cmd_samples(args):
-    from .data_samples_build import build_all
     for path in build_all(args.out):
         print(f"wrote {path}")
     return 0
@@ -43,7 +42,6 @@ def _cmd_samples(args):
 
 def add_data_commands(sub):
     """Add `data check|caption|samples` to the subparsers `sub` of `python -m sdkit`."""
-    from .captions import DEFAULT_CAPTIONER
     data = sub.add_parser("data", help="check, caption and build datasets (see docs/DATA.md)")
     dsub = data.add_subparsers(dest="data_command", required=True)
 
@@ -73,11 +71,3 @@ def add_data_commands(sub):
     p.add_argument("--out", default=None, help="data_samples folder (default: the one beside the package)")
     p.set_defaults(func=_cmd_samples)
     return data
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m sdkit.data_cli")
-    add_data_commands(ap.add_subparsers(dest="command", required=True))
-    a = ap.parse_args()
-    sys.exit(a.func(a))

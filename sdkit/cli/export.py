@@ -1,4 +1,4 @@
-"""CLI: `python -m sdkit export RUN --format F --out PATH` and `python -m sdkit preflight --config ...`.
+"""`python -m sdkit export RUN --format F --out PATH` and `python -m sdkit preflight --config ...`.
 
     python -m sdkit export runs/x --format kohya --out runs/x/export/x.safetensors   # A1111 / ComfyUI
     python -m sdkit export runs/x --format diffusers                                 # pipe.load_lora_weights
@@ -7,36 +7,40 @@
 """
 from __future__ import annotations
 
-__all__ = ["add_export_commands"]
+from ..export import FORMATS, export
+from ..train.preflight import preflight
+from .flags import add_config_flags, config_from_args
+
+__all__ = ["add_export_command", "add_preflight_command"]
+
+# format -> how to load what was written
+LOAD_HINTS = {
+    "diffusers": "pipe.load_lora_weights({path!r})",
+    "kohya": "copy it to A1111's models/Lora or ComfyUI's models/loras; or pipe.load_lora_weights(...)",
+    "pipeline": "StableDiffusionPipeline.from_pretrained({path!r})",
+    "single-file": "copy it to A1111's models/Stable-diffusion or ComfyUI's models/checkpoints",
+    "embedding": "pipe.load_textual_inversion({path!r}, token=...); A1111: models/../embeddings/",
+    "lycoris": "copy it to A1111's models/Lora (1.5+ reads LoHa/LoKr) or ComfyUI's models/loras",
+    "hypernetwork": "copy it to A1111's models/hypernetworks",
+}
 
 
 def _cmd_export(args):
-    from .export import export
     path = export(args.run, args.format, args.out, checkpoint=args.checkpoint)
-    hint = {"diffusers": f"pipe.load_lora_weights({str(path)!r})",
-            "kohya": "copy it to A1111's models/Lora or ComfyUI's models/loras; or pipe.load_lora_weights(...)",
-            "pipeline": f"StableDiffusionPipeline.from_pretrained({str(path)!r})",
-            "single-file": "copy it to A1111's models/Stable-diffusion or ComfyUI's models/checkpoints",
-            "embedding": f"pipe.load_textual_inversion({str(path)!r}, token=...); A1111: models/../embeddings/",
-            "lycoris": "copy it to A1111's models/Lora (1.5+ reads LoHa/LoKr) or ComfyUI's models/loras",
-            "hypernetwork": "copy it to A1111's models/hypernetworks"}[args.format]
+    hint = LOAD_HINTS[args.format].format(path=str(path))
     print(f"wrote {path}\n  load: {hint}")
     return 0
 
 
 def _cmd_preflight(args):
-    from .cli import config_from_args
-    from .preflight import preflight
     config = config_from_args(args)
     report = preflight(config, budget_gb=args.budget_gb, ram_budget_gb=args.ram_budget_gb)
     print(report.text())
     return 0 if report.fits else 3
 
 
-def add_export_commands(sub):
-    """Add `export` and `preflight` to the `python -m sdkit` sub-parsers."""
-    from .cli import add_config_flags
-    from .export import FORMATS
+def add_export_command(sub):
+    """Add `export` to the `python -m sdkit` sub-parsers."""
     p = sub.add_parser("export", help="export a run's weights: diffusers / kohya LoRA, pipeline folder, single file")
     p.add_argument("run", help="run directory (runs/NAME)")
     p.add_argument("--format", choices=FORMATS, default="kohya",
@@ -46,6 +50,9 @@ def add_export_commands(sub):
     p.add_argument("--checkpoint", default=None, help="step_XXXXXX or a checkpoint folder (default: latest)")
     p.set_defaults(func=_cmd_export)
 
+
+def add_preflight_command(sub):
+    """Add `preflight` to the `python -m sdkit` sub-parsers."""
     p = sub.add_parser("preflight", help="estimate GPU memory and RAM of a training config before it runs")
     p.add_argument("--config", help="YAML config (e.g. a run's config.yaml); flags given override it")
     p.add_argument("--budget-gb", type=float, default=15.0, help="GPU memory available (a T4 has ~15 GB usable)")
