@@ -1,194 +1,69 @@
-"""Export a trained run to the files other tools load: diffusers LoRA, kohya LoRA, a pipeline folder, one file.
+"""Export a trained run to the files other tools load. Which formats a run has is its method's business
+(`Method.export_formats`, first = default): a LoRA as kohya or diffusers files, textual inversion as an embedding,
+LoHa/LoKr as LyCORIS, a hypernetwork as A1111's .pt — each written by its method (sdkit/methods/) — and, for every
+method that can merge its weights, a whole pipeline:
 
     python -m sdkit export runs/x --format kohya --out runs/x/export/glyph.safetensors
     sdkit.export.export(run, "diffusers", "runs/x/export/diffusers")
 
 | format      | what                                          | who loads it                                        |
 |-------------|-----------------------------------------------|-----------------------------------------------------|
-| diffusers   | folder with pytorch_lora_weights.safetensors  | `pipe.load_lora_weights(folder)` (diffusers, peft)  |
-| kohya       | one .safetensors, `lora_unet_…`/`lora_te_…`   | AUTOMATIC1111, ComfyUI, kohya, and diffusers        |
-| pipeline    | a full diffusers folder (LoRA merged in)      | `StableDiffusionPipeline.from_pretrained(folder)`    |
+| pipeline    | a full diffusers folder (adapters merged in)  | `StableDiffusionPipeline.from_pretrained(folder)`    |
 | single-file | one .safetensors in the original SD layout    | A1111/ComfyUI checkpoints, `from_single_file`       |
-
-Kohya names (the only LoRA layout that A1111 and ComfyUI both load whole): the diffusers module path with dots
-replaced by underscores, `lora_unet_` in front for the UNet and `lora_te_text_model_` for the text encoder — even
-with transformers >= 5, whose `CLIPTextModel` has no `text_model.` level in `named_modules()` any more. Each module
-has `.lora_down.weight` (peft's lora_A), `.lora_up.weight` (lora_B) and `.alpha` (the update is scaled by
-alpha / rank, in kohya as in peft), and the file carries `ss_*` metadata.
+(the method formats: docs/EXPORT.md)
 """
 from __future__ import annotations
 
 import json
-import os
-import re
 from pathlib import Path
 
 import torch
 
-__all__ = ["FORMATS", "export", "lora_state", "kohya_name", "peft_to_kohya", "kohya_to_modules",
-           "export_diffusers", "export_kohya", "export_pipeline", "export_single_file", "lora_modules",
-           "to_ldm_state_dict", "save_single_file"]
+from .methods import PIPELINE_EXPORTS, ExportInfo, make_method
+from .models import resolve_model
+from .run import Run
+from .sdxl import is_sdxl_model
+from .train.checkpoint import find_checkpoint
+from .version import __version__
 
-# format -> (writer: a function here or "module:function", default file name under RUN/export/)
-_WRITERS = {
-    "diffusers": ("export_diffusers", "diffusers"),
-    "kohya": ("export_kohya", "{name}.safetensors"),
-    "pipeline": ("export_pipeline", "pipeline"),
-    "single-file": ("export_single_file", "{name}-sd.safetensors"),
-    "embedding": ("sdkit.train.textual_inversion:export_embedding", "{name}-embedding.safetensors"),
-    "lycoris": ("sdkit.train.lycoris:export_lycoris", "{name}-lycoris.safetensors"),
-    "hypernetwork": ("sdkit.train.hypernetwork:export_hypernetwork", "{name}.pt"),
-}
-FORMATS = tuple(_WRITERS)
-_LORA_SUFFIXES = (".lora_A.weight", ".lora_B.weight")
+__all__ = ["export", "formats_of", "trainable_state", "merged_pipeline", "export_pipeline", "export_single_file",
+           "lora_modules", "to_ldm_state_dict", "save_single_file", "ExportError"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
-# ---- 1. reading a run's trained LoRA ---------------------------------------------------------------------------
-def _open(run):
-    from .run import Run
+class ExportError(ValueError):
+    """A run cannot be exported as asked; the message says which formats it has."""
+
+
+def _open(run) -> Run:
     return run if isinstance(run, Run) else Run(run)
 
 
-def lora_state(run, checkpoint=None):
-    """The LoRA of `run` at `checkpoint` as peft state dicts: (unet_sd, text_encoder_sd, rank, alpha).
+def formats_of(run) -> dict:
+    """{format: default file name} a run's method can be exported as; the first is its default."""
+    return dict(make_method(_open(run).config).export_formats)
 
-    Keys are module paths + `.lora_A.weight` / `.lora_B.weight` (peft's names, no adapter name)."""
+
+# ---- 1. reading a run's trained weights --------------------------------------------------------------------------
+def trainable_state(run, checkpoint=None):
+    """(tensors, checkpoint folder) of `run`'s trained weights at `checkpoint` (default: latest)."""
     from safetensors.torch import load_file
-    from .train.checkpoint import find_checkpoint
-    run = _open(run)
+    path = Path(find_checkpoint(_open(run).path, checkpoint or "latest"))
+    return load_file(str(path / "trainable.safetensors")), path
+
+
+def export_info(run, checkpoint_dir: Path) -> ExportInfo:
     c = run.config
-    if c.method not in ("lora", "locon"):  # LoRA DreamBooth is method lora with prior_preservation
-        raise ValueError(f"{run.path}: method {c.method!r} trains whole weights, not a LoRA. Fix: export it with "
-                         f"--format pipeline or --format single-file.")
-    path = find_checkpoint(run.path, checkpoint or "latest")
-    state = load_file(Path(path) / "trainable.safetensors")
-    unet = {k[len("unet."):]: v for k, v in state.items() if k.startswith("unet.")}
-    te = {k[len("text_encoder."):]: v for k, v in state.items() if k.startswith("text_encoder.")}
-    rank = c.lora_rank
-    alpha = c.lora_alpha if c.lora_alpha is not None else float(rank)
-    return unet, te, rank, float(alpha)
+    data = Path(c.data)
+    n = len([p for p in data.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES]) if data.is_dir() else None
+    step = json.loads((checkpoint_dir / "state.json").read_text())["step"]
+    return ExportInfo(c, run.path.name, step, is_sdxl_model(resolve_model(c.model), c.revision), __version__, n)
 
 
-# ---- 2. kohya names ----------------------------------------------------------------------------------------------
-def kohya_name(module_path: str, part: str) -> str:
-    """`down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`, "unet" -> `lora_unet_down_blocks_0_…_attn1_to_q`.
-
-    For the text encoder the name always has the `text_model` level that transformers < 5 had:
-    `encoder.layers.3.self_attn.q_proj` -> `lora_te_text_model_encoder_layers_3_self_attn_q_proj`."""
-    if part == "unet":
-        return "lora_unet_" + module_path.replace(".", "_")
-    if part == "text_encoder":
-        if not module_path.startswith("text_model."):
-            module_path = "text_model." + module_path  # transformers >= 5 dropped this level; the files keep it
-        return "lora_te_" + module_path.replace(".", "_")
-    raise ValueError(f"part: {part!r}; expected 'unet' or 'text_encoder'")
-
-
-def _modules(sd: dict) -> list:
-    """Module paths of a peft LoRA state dict, in order."""
-    out = []
-    for k in sd:
-        for s in _LORA_SUFFIXES:
-            if k.endswith(s) and k[: -len(s)] not in out:
-                out.append(k[: -len(s)])
-    return out
-
-
-def peft_to_kohya(unet_sd: dict, te_sd: dict, alpha: float, dtype=torch.float16) -> dict:
-    """peft LoRA state dicts -> kohya tensors {name.lora_down.weight, name.lora_up.weight, name.alpha}."""
-    out = {}
-    for part, sd in (("unet", unet_sd), ("text_encoder", te_sd)):
-        for m in _modules(sd):
-            name = kohya_name(m, part)
-            out[f"{name}.lora_down.weight"] = sd[f"{m}.lora_A.weight"].to(dtype).contiguous()
-            out[f"{name}.lora_up.weight"] = sd[f"{m}.lora_B.weight"].to(dtype).contiguous()
-            out[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=dtype)
-    return out
-
-
-def kohya_to_modules(kohya: dict, unet, text_encoder) -> dict:
-    """{kohya module name: (part, module path)} found by matching names against the models' modules, the way
-    A1111 and ComfyUI load a file. Raises KeyError naming every kohya module that matches no model module."""
-    table = {kohya_name(n, "unet"): ("unet", n) for n, _ in unet.named_modules() if n}
-    table.update({kohya_name(n, "text_encoder"): ("text_encoder", n) for n, _ in text_encoder.named_modules() if n})
-    names = sorted({k.split(".")[0] for k in kohya})
-    missing = [n for n in names if n not in table]
-    if missing:
-        raise KeyError(f"{len(missing)} kohya module(s) match no module of the model: {missing[:5]}")
-    return {n: table[n] for n in names}
-
-
-# ---- 3. the exporters ------------------------------------------------------------------------------------------
-def _metadata(run, rank, alpha, unet_sd, te_sd) -> dict:
-    """kohya's ss_* header fields (all strings), so A1111's and ComfyUI's info panels show the training."""
-    from . import __version__
-    c = run.config
-    base = str(c.model)
-    version = "sd_v1" if "xl" not in base.lower() else "sdxl_base_v1-0"
-    meta = {
-        "ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),
-        "ss_base_model_version": version, "ss_sd_model_name": base, "ss_v2": "False",
-        "ss_resolution": str(c.resolution or ""), "ss_learning_rate": str(c.lr),
-        "ss_text_encoder_lr": str(c.text_encoder_lr if c.text_encoder_lr is not None else c.lr),
-        "ss_unet_lr": str(c.lr), "ss_max_train_steps": str(c.steps), "ss_steps": str(run.final_step),
-        "ss_seed": str(c.seed), "ss_mixed_precision": c.mixed_precision, "ss_optimizer": c.optimizer,
-        "ss_network_args": json.dumps({"targets": c.lora_targets, "dropout": c.lora_dropout}),
-        "ss_training_comment": f"trained with sdkit {__version__} ({c.method}) on {c.data}",
-        "ss_num_train_images": str(len([p for p in Path(c.data).glob('*') if p.suffix.lower() in
-                                        ('.png', '.jpg', '.jpeg', '.webp')])) if Path(c.data).is_dir() else "",
-        "ss_output_name": run.path.name, "sshs_model_hash": "", "modelspec.architecture": "stable-diffusion-v1/lora",
-        "sdkit_unet_modules": str(len(_modules(unet_sd))), "sdkit_text_encoder_modules": str(len(_modules(te_sd))),
-    }
-    return meta
-
-
-def export_kohya(run, out, checkpoint=None, dtype=torch.float16) -> Path:
-    """One kohya .safetensors (A1111, ComfyUI, kohya, diffusers `load_lora_weights`). fp16 like kohya's files."""
-    from safetensors.torch import save_file
-    run = _open(run)
-    unet_sd, te_sd, rank, alpha = lora_state(run, checkpoint)
-    out = Path(out)
-    if out.suffix != ".safetensors":
-        out = out / f"{run.path.name}.safetensors"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(peft_to_kohya(unet_sd, te_sd, alpha, dtype), str(out),
-              metadata=_metadata(run, rank, alpha, unet_sd, te_sd))
-    return out
-
-
-def _adapter_metadata(sd, rank, alpha):
-    """peft LoraConfig fields diffusers rebuilds the adapter from: exact module paths, so nothing else matches."""
-    return {"r": rank, "lora_alpha": alpha, "target_modules": _modules(sd), "init_lora_weights": "gaussian",
-            "use_dora": False, "lora_bias": False}
-
-
-def export_diffusers(run, out, checkpoint=None) -> Path:
-    """A folder with pytorch_lora_weights.safetensors (+ adapter metadata: rank, alpha) for `load_lora_weights`."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-    from .models import resolve_model
-    from .sdxl import is_sdxl_model
-    run = _open(run)
-    # SDXL runs: the SDXL loader's writer (same unet.* keys; an SDXL pipeline's load_lora_weights reads them)
-    sdxl = is_sdxl_model(resolve_model(run.config.model), run.config.revision)
-    cls = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
-    unet_sd, te_sd, rank, alpha = lora_state(run, checkpoint)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    # peft keys as they are (`unet.<module>.lora_A.weight`): diffusers loads them natively. Its older
-    # `convert_state_dict_to_diffusers` renames attention keys only, so a LoRA that also targets feed-forward or
-    # conv layers came out half in one format, half in the other, and the attention half was dropped at load.
-    # The metadata (rank, alpha, exact module paths) makes the loaded scale alpha/rank the trained one.
-    cls.save_lora_weights(
-        out, unet_lora_layers=unet_sd, text_encoder_lora_layers=te_sd or None,
-        unet_lora_adapter_metadata=_adapter_metadata(unet_sd, rank, alpha),
-        text_encoder_lora_adapter_metadata=_adapter_metadata(te_sd, rank, alpha) if te_sd else None,
-        safe_serialization=True)
-    return out
-
-
+# ---- 2. whole pipelines (any method that merges) ---------------------------------------------------------------
 def export_pipeline(run, out, checkpoint=None) -> Path:
-    """A complete diffusers pipeline folder: DreamBooth/full weights as trained, a LoRA merged into the weights."""
-    run = _open(run)
+    """A complete diffusers pipeline folder: DreamBooth/full weights as trained, adapters merged into the weights."""
     pipe = merged_pipeline(run, checkpoint)
     out = Path(out)
     pipe.save_pretrained(out, safe_serialization=True)
@@ -198,7 +73,6 @@ def export_pipeline(run, out, checkpoint=None) -> Path:
 def merged_pipeline(run, checkpoint=None):
     """The run's pipeline with every trained weight in place and no adapter layers or hooks left (the run's
     method merges: LoRA/LoHa/LoKr into the weights, textual-inversion vectors into the embedding table)."""
-    from .train.methods import make_method
     run = _open(run)
     method = make_method(run.config)
     pipe = run.load_pipeline(checkpoint)
@@ -214,9 +88,12 @@ def export_single_file(run, out, checkpoint=None, dtype=torch.float16) -> Path:
         out = out / f"{run.path.name}.safetensors"
     pipe = merged_pipeline(run, checkpoint)
     if hasattr(pipe, "text_encoder_2"):
-        raise ValueError(f"{run.path}: --format single-file writes the SD 1.x layout; this run is SDXL. Fix: "
-                         f"--format pipeline (a diffusers folder), or --format diffusers / kohya for a LoRA.")
+        raise ExportError(f"{run.path}: --format single-file writes the SD 1.x layout; this run is SDXL. Fix: "
+                          f"--format pipeline (a diffusers folder), or --format diffusers / kohya for a LoRA.")
     return save_single_file(pipe, out, dtype=dtype)
+
+
+_PIPELINE_WRITERS = {"pipeline": export_pipeline, "single-file": export_single_file}
 
 
 # ---- 4. diffusers -> original SD (LDM) single file -------------------------------------------------------------
@@ -323,21 +200,22 @@ def save_single_file(pipe, out, dtype=torch.float16) -> Path:
     return out
 
 
-def export(run, format: str, out=None, checkpoint=None) -> Path:
-    """Export `run` (a Run or its folder) at `checkpoint` (default: latest) as `format`; returns the written path."""
+def export(run, format: str = None, out=None, checkpoint=None) -> Path:
+    """Export `run` (a Run or its folder) at `checkpoint` (default: latest) as `format` (default: its method's
+    first format); returns the written path."""
     run = _open(run)
-    if format not in FORMATS:
-        raise ValueError(f"format: {format!r}; expected one of {', '.join(FORMATS)}.")
-    writer, default_name = _WRITERS[format]
+    method = make_method(run.config)
+    formats = method.export_formats
+    format = format or next(iter(formats))
+    if format not in formats:
+        raise ExportError(f"format: a {run.config.method} run ({run.path}) exports as {', '.join(formats)}; got "
+                          f"{format!r}. Fix: --format {next(iter(formats))}.")
     if out is None:
-        out = run.path / "export" / default_name.format(name=run.path.name)
-    if ":" in writer:
-        import importlib
-        module, attr = writer.split(":")
-        fn = getattr(importlib.import_module(module), attr)
-    else:
-        fn = globals()[writer]
-    return fn(run, out, checkpoint)
+        out = run.path / "export" / formats[format].format(name=run.path.name)
+    if format in PIPELINE_EXPORTS:
+        return _PIPELINE_WRITERS[format](run, out, checkpoint)
+    state, path = trainable_state(run, checkpoint)
+    return method.write_export(format, state, out, export_info(run, path))
 
 
 def lora_modules(model) -> list:

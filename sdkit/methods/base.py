@@ -1,30 +1,63 @@
-"""Training methods as small strategy objects: which parameters train, how they are saved, what the loss adds.
+"""The Method base class: everything a training method can differ in, with the defaults most methods want.
 
-The loop (sdkit.train.loop) is the same for every method. A method:
-- `setup(unet, text_encoder)` freezes what stays frozen, adds adapters, returns optimiser parameter groups;
-- `state_dict(unet, text_encoder)` / `load_state_dict(...)` give the trainable weights (what a checkpoint holds);
-- `loss(per_sample, batch)` reduces per-sample losses (DreamBooth weighs class images here);
-- `prepare_pipeline(pipe)` (before `setup`, in training and when a checkpoint is loaded for sampling or export),
-  `convert_captions(captions)`, `sample_prompt(prompt)` and `merge(pipe)`: no-ops (peft merge for `merge`) that
-  textual inversion and hypernetworks override;
-- optional `prepare(trainer)` (after the models load) and `extend_batch(trainer, batch)` (per micro-batch) let a
-  method add samples to the batch: DreamBooth's class images (sdkit.train.dreambooth).
+The loop (sdkit.train.loop) is the same for every method. A method (one file in sdkit/methods/, one line in
+sdkit/registry.py) says:
+
+- what trains: `setup(unet, text_encoder)` freezes what stays frozen, adds adapters, returns optimizer parameter
+  groups; `state_dict` / `load_state_dict` give the trainable weights (what a checkpoint holds);
+- what the loss adds: `loss(per_sample, batch)` (DreamBooth weighs class images here), and optional
+  `prepare(trainer)` / `extend_batch(trainer, batch)` to add samples to a batch;
+- how a pipeline carries its weights: `prepare_pipeline(pipe)` (before `setup`, in training and whenever a
+  checkpoint is loaded), `convert_captions`, `sample_prompt`, `merge(pipe)` (for a pipeline export), and
+  `no_op_state(state)` (its weights made to change nothing: the base model in an evaluation grid);
+- how it is exported: `export_formats` (format -> default file name; the first is the default format) and
+  `write_export(format, state, out, info)` for the formats that are files of its own (pipeline formats are
+  written by sdkit.export from `merge`);
+- what the tools around it need: `supports_sdxl`, `prior_preservation_default`, `supports_prior_preservation`,
+  `hub_tags`, `hub_formats`, `display_name`, `card_rows()`, `recipe` (the settings that work on the mini
+  concept), `oom_advice()`, `check_config(config)`, and `trainable_parameters(unet, text_encoder)` (preflight runs
+  the method's own `setup` on meta-device models and counts what would train).
 """
 from __future__ import annotations
 
 import torch
 
-__all__ = ["Method", "PeftAdapterMethod", "LoRAMethod", "FullMethod", "LoConMethod", "METHODS", "method_class", "make_method"]
+from ..registry import METHODS, method_class, method_names
+from .prior import PriorPreservation
+
+__all__ = ["Method", "PeftAdapterMethod", "TEXT_ENCODER_LORA_TARGETS", "PIPELINE_EXPORTS", "ExportInfo",
+           "split_prefix", "make_method", "with_prior_preservation", "method_class", "method_names", "METHODS"]
 
 TEXT_ENCODER_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+# formats written by sdkit.export from a merged pipeline (any method whose merge() works)
+PIPELINE_EXPORTS = {"pipeline": "pipeline", "single-file": "{name}-sd.safetensors"}
+
+
+class ExportInfo:
+    """What a method's exporter may need to know about the run besides its weights (plain data; no Run object:
+    methods sit below the run layer)."""
+
+    def __init__(self, config, name: str, step: int, sdxl: bool, version: str, num_images: int = None):
+        self.config, self.name, self.step = config, name, step  # step: of the checkpoint exported
+        self.sdxl, self.version, self.num_images = sdxl, version, num_images
 
 
 class Method:
+    """A training method. Subclasses set `name` (the registry key) and override what differs."""
     name = "base"
+    display_name = None                 # how the model card names it (default: the registry name)
+    supports_sdxl = False               # trains on SDXL pipelines too
+    supports_prior_preservation = False  # may be combined with DreamBooth's prior preservation (LoRA DreamBooth)
+    prior_preservation_default = False  # prior preservation on unless the config says otherwise
+    export_formats = dict(PIPELINE_EXPORTS)  # format -> default file name under RUN/export/; first = default
+    hub_formats = ("pipeline",)          # what `sdkit push` uploads by default
+    hub_tags = ()                        # Hub model-card tags
+    recipe = {}                          # TrainConfig fields that work for it on the mini concept (notebook 07)
 
     def __init__(self, config):
         self.config = config
 
+    # ---- 1. what trains -------------------------------------------------------------------------------------
     def setup(self, unet, text_encoder) -> list:
         raise NotImplementedError
 
@@ -37,6 +70,26 @@ class Method:
     def trains_text_encoder(self) -> bool:
         return bool(self.config.train_text_encoder)
 
+    def trainable_parameters(self, unet, text_encoder) -> list:
+        """The parameters that would train: runs `setup` (on meta-device models in preflight), each once."""
+        self.prepare_models_for_count(unet, text_encoder)
+        seen, params = set(), []
+        for group in self.setup(unet, text_encoder):
+            for p in group["params"]:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+        return params
+
+    def prepare_models_for_count(self, unet, text_encoder) -> None:
+        """What `prepare_pipeline` does to the models, without a tokenizer (preflight has none). Default: nothing."""
+
+    # ---- 2. the loss ----------------------------------------------------------------------------------------
+    def loss(self, per_sample: torch.Tensor, batch: dict) -> torch.Tensor:
+        """per_sample: (batch,) weighted MSE of each sample. Default: their mean."""
+        return per_sample.mean()
+
+    # ---- 3. pipelines ---------------------------------------------------------------------------------------
     def prepare_pipeline(self, pipe) -> None:
         """Before `setup`, in training and whenever a checkpoint is loaded: change the tokenizer or the attention
         processors if the method needs to (textual inversion adds its token). Default: nothing."""
@@ -49,13 +102,13 @@ class Method:
         """A prompt as a pipeline with this method's weights must get it (textual inversion: its token)."""
         return prompt
 
-    def loss(self, per_sample: torch.Tensor, batch: dict) -> torch.Tensor:
-        """per_sample: (batch,) weighted MSE of each sample. Default: their mean."""
-        return per_sample.mean()
+    def no_op_state(self, state: dict) -> dict:
+        """`state` (as just set up) changed so that it changes nothing: the base model. Default: as it is."""
+        return state
 
     def merge(self, pipe) -> None:
-        """Make a pipeline that carries this method's trained weights plain: every peft adapter layer (LoRA, LoHa,
-        LoKr) merged into its base weight and replaced by it, so save_pretrained writes an ordinary pipeline.
+        """Make a pipeline that carries this method's trained weights plain: every peft adapter layer (LoRA, DoRA,
+        LoHa, LoKr) merged into its base weight and replaced by it, so save_pretrained writes an ordinary pipeline.
         Methods with other machinery override this (textual inversion bakes its vectors; a hypernetwork refuses)."""
         from peft.tuners.tuners_utils import BaseTunerLayer
         for model in (pipe.unet, pipe.text_encoder):
@@ -69,6 +122,31 @@ class Method:
             if hasattr(model, "_hf_peft_config_loaded"):
                 model._hf_peft_config_loaded = False
 
+    # ---- 4. export ------------------------------------------------------------------------------------------
+    def write_export(self, format: str, state: dict, out, info: ExportInfo):
+        """Write `state` (a checkpoint's trainable tensors) as `format` to `out`; return the path written.
+        Only for this method's own formats (not PIPELINE_EXPORTS)."""
+        raise ValueError(f"format: {format!r} is not one of method {self.name!r}'s own formats")
+
+    # ---- 5. what the tools around it need -------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Raise ConfigError for settings this method cannot use (called by TrainConfig.validate)."""
+
+    def oom_advice(self) -> str | None:
+        """A lighter recipe to suggest when a run of this method runs out of GPU memory (None: none)."""
+        return None
+
+    def card_rows(self) -> list:
+        """(setting, value) rows this method adds to the model card's settings table."""
+        return []
+
+    def tags(self) -> list:
+        return list(self.hub_tags) or [self.name]
+
+    def title(self) -> str:
+        return self.display_name or self.name
+
     def _groups(self, unet_params, te_params):
         c = self.config
         groups = [{"params": unet_params, "lr": c.lr}]
@@ -77,13 +155,15 @@ class Method:
         return groups
 
 
-def _split(state: dict, prefix: str) -> dict:
+def split_prefix(state: dict, prefix: str) -> dict:
+    """The entries of `state` under `prefix` (e.g. "unet."), with the prefix taken off."""
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 class PeftAdapterMethod(Method):
-    """A peft adapter (LoRA, LoHa, LoKr) on the UNet, optionally the text encoder: what a checkpoint holds is
+    """A peft adapter (LoRA, DoRA, LoHa, LoKr) on the UNet, optionally the text encoder: what a checkpoint holds is
     peft's own adapter state dict, `unet.` / `text_encoder.` in front."""
+    supports_sdxl = True
 
     def state_dict(self, unet, text_encoder):
         from peft.utils import get_peft_model_state_dict
@@ -94,98 +174,41 @@ class PeftAdapterMethod(Method):
 
     def load_state_dict(self, unet, text_encoder, state):
         from peft.utils import set_peft_model_state_dict
-        set_peft_model_state_dict(unet, _split(state, "unet."))
+        set_peft_model_state_dict(unet, split_prefix(state, "unet."))
         if self.config.train_text_encoder:
-            set_peft_model_state_dict(text_encoder, _split(state, "text_encoder."))
+            set_peft_model_state_dict(text_encoder, split_prefix(state, "text_encoder."))
 
+    def targets(self) -> list:
+        return [t.strip() for t in self.config.lora_targets.split(",") if t.strip()]
 
-class LoRAMethod(PeftAdapterMethod):
-    """peft LoRA on the UNet's attention projections (and optionally the text encoder's). Base weights stay frozen."""
-    name = "lora"
-
-    def setup(self, unet, text_encoder):
-        from peft import LoraConfig
+    def alpha(self) -> float:
         c = self.config
-        unet.requires_grad_(False)
-        text_encoder.requires_grad_(False)
-        alpha = c.lora_alpha if c.lora_alpha is not None else c.lora_rank
-        targets = [t.strip() for t in c.lora_targets.split(",") if t.strip()]
-        unet.add_adapter(LoraConfig(r=c.lora_rank, lora_alpha=alpha, lora_dropout=c.lora_dropout,
-                                    init_lora_weights="gaussian", target_modules=targets))
-        te_params = []
-        if c.train_text_encoder:
-            # peft's own injection (transformers' add_adapter needs a newer peft than PyPI may have)
-            from peft import inject_adapter_in_model
-            inject_adapter_in_model(LoraConfig(r=c.lora_rank, lora_alpha=alpha, lora_dropout=c.lora_dropout,
-                                                init_lora_weights="gaussian",
-                                                target_modules=TEXT_ENCODER_LORA_TARGETS), text_encoder)
-            te_params = [p for p in text_encoder.parameters() if p.requires_grad]
-        unet_params = [p for p in unet.parameters() if p.requires_grad]
-        if not unet_params:
-            from ..config import ConfigError
-            raise ConfigError(f"lora_targets: {c.lora_targets!r} matched no UNet module. Fix: use module names "
-                              f"of the UNet such as to_q,to_k,to_v,to_out.0 (attention) or ff.net.0.proj,ff.net.2.")
-        return self._groups(unet_params, te_params)
+        return float(c.lora_alpha if c.lora_alpha is not None else c.lora_rank)
 
-
-class FullMethod(Method):
-    """Every UNet weight trains (and every text-encoder weight with train_text_encoder)."""
-    name = "full"
-
-    def setup(self, unet, text_encoder):
-        unet.requires_grad_(True)
-        text_encoder.requires_grad_(bool(self.config.train_text_encoder))
-        te_params = list(text_encoder.parameters()) if self.config.train_text_encoder else []
-        return self._groups(list(unet.parameters()), te_params)
-
-    def state_dict(self, unet, text_encoder):
-        state = {f"unet.{k}": v for k, v in unet.state_dict().items()}
-        if self.config.train_text_encoder:
-            state.update({f"text_encoder.{k}": v for k, v in text_encoder.state_dict().items()})
-        return state
-
-    def load_state_dict(self, unet, text_encoder, state):
-        unet.load_state_dict(_split(state, "unet."))
-        if self.config.train_text_encoder:
-            text_encoder.load_state_dict(_split(state, "text_encoder."))
-
-
-class LoConMethod(LoRAMethod):
-    """LoCon (LyCORIS' name): LoRA on the attention projections *and* the ResNet convolutions (peft LoRA handles
-    Conv2d). Exported in the kohya layout, which AUTOMATIC1111 and ComfyUI load with conv weights."""
-    name = "locon"
-    CONV_TARGETS = "conv1,conv2,conv_shortcut,proj_in,proj_out"
-
-    def setup(self, unet, text_encoder):
+    def card_rows(self):
         c = self.config
-        targets = [t.strip() for t in c.lora_targets.split(",") if t.strip()]
-        extra = [t for t in self.CONV_TARGETS.split(",") if t not in targets]
-        self.config = c.replace(lora_targets=",".join(targets + extra))
-        try:
-            return super().setup(unet, text_encoder)
-        finally:
-            self.config = c
-
-
-# A method is a class here or "module:Class" imported when first used (each lives in its own file).
-METHODS = {"lora": LoRAMethod, "full": FullMethod, "locon": LoConMethod,
-           "textual-inversion": "sdkit.train.textual_inversion:TextualInversionMethod",
-           "loha": "sdkit.train.lycoris:LoHaMethod", "lokr": "sdkit.train.lycoris:LoKrMethod",
-           "hypernetwork": "sdkit.train.hypernetwork:HypernetworkMethod"}
-
-
-def method_class(name: str):
-    cls = METHODS[name]
-    if isinstance(cls, str):
-        import importlib
-        module, attr = cls.split(":")
-        cls = getattr(importlib.import_module(module), attr)
-    return cls
+        return [("rank / alpha", f"{c.lora_rank} / {c.lora_alpha if c.lora_alpha is not None else c.lora_rank}"),
+                ("targets", f"`{c.lora_targets}`" + (" + text encoder" if c.train_text_encoder else ""))]
 
 
 def make_method(config) -> Method:
-    if config.method == "dreambooth" or (config.method in ("lora", "full") and (config.uses_prior_preservation()
-                                                                                or config.instance_prompt)):
-        from .dreambooth import make_dreambooth_method  # instance prompt, class images, prior-preservation loss
-        return make_dreambooth_method(config)
-    return method_class(config.method)(config)
+    """The method object of `config`: its registered class, with DreamBooth's prior preservation mixed in when the
+    config asks for it (an instance prompt or prior preservation) and the method supports it."""
+    cls = method_class(config.method)
+    wants_prior = config.uses_prior_preservation() or bool(config.instance_prompt)
+    if wants_prior and cls.supports_prior_preservation and not issubclass(cls, PriorPreservation):
+        cls = with_prior_preservation(cls)
+    return cls(config)
+
+
+_PRIOR_VARIANTS = {}
+
+
+def with_prior_preservation(cls):
+    """`cls` with DreamBooth's instance prompt, class images and prior-preservation loss (e.g. LoRA DreamBooth)."""
+    if cls not in _PRIOR_VARIANTS:
+        _PRIOR_VARIANTS[cls] = type(f"{cls.__name__}DreamBooth", (PriorPreservation, cls),
+                                    {"__doc__": f"{cls.__doc__}\nWith DreamBooth's prior preservation.",
+                                     "hub_tags": (*cls.hub_tags, "dreambooth")})
+    return _PRIOR_VARIANTS[cls]
+

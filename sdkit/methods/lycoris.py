@@ -7,7 +7,7 @@
   element-wise, so the update can reach rank r^2 for the parameters of a rank-2r LoRA.
 - LoKr (Kronecker product): delta W = kron(w1, w2) * alpha/rank, w2 optionally low-rank (w2_a @ w2_b). Very few
   parameters for a large layer; `lycoris_factor` picks how each weight's shape is split.
-- LoCon (LoRA on the ResNet convolutions as well) is plain LoRA with conv targets: `method="locon"` in methods.py,
+- LoCon (LoRA on the ResNet convolutions as well) is plain LoRA with conv targets: `method="locon"` (locon.py),
   exported with `--format kohya`.
 
 The export writes LyCORIS' key names (`lora_unet_<module path with _>.hada_w1_a`, `.lokr_w1`, ..., `.alpha`),
@@ -24,13 +24,18 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError
-from .methods import TEXT_ENCODER_LORA_TARGETS, PeftAdapterMethod, _split
+from .base import TEXT_ENCODER_LORA_TARGETS, PIPELINE_EXPORTS, PeftAdapterMethod, split_prefix
+from .kohya import kohya_name
+from .lora import ATTN_FF, CONVS
 
-__all__ = ["LoHaMethod", "LoKrMethod", "export_lycoris", "lycoris_state", "peft_to_lycoris", "lycoris_delta"]
+__all__ = ["LycorisMethod", "LoHaMethod", "LoKrMethod", "peft_to_lycoris", "lycoris_delta"]
 
 
-class _LycorisMethod(PeftAdapterMethod):
+class LycorisMethod(PeftAdapterMethod):
+    """A LyCORIS adapter (LoHa or LoKr) from peft, exported in the LyCORIS layout (`--format lycoris`)."""
     kind = None
+    export_formats = {"lycoris": "{name}-lycoris.safetensors", **PIPELINE_EXPORTS}
+    hub_formats = ("lycoris",)
 
     def _peft_config(self, targets):
         c = self.config
@@ -63,32 +68,31 @@ class _LycorisMethod(PeftAdapterMethod):
         return self._groups(unet_params, te_params)
 
 
-class LoHaMethod(_LycorisMethod):
+    def write_export(self, format, state, out, info):
+        if format != "lycoris":
+            return super().write_export(format, state, out, info)
+        return export_lycoris(self, split_prefix(state, "unet."), split_prefix(state, "text_encoder."), out, info)
+
+
+class LoHaMethod(LycorisMethod):
+    """LoHa (LyCORIS): a Hadamard product of two low-rank updates, via peft."""
     name = kind = "loha"
+    display_name = "LoHa (LyCORIS)"
+    hub_tags = ("lycoris", "loha")
+    recipe = dict(lora_rank=4, lora_alpha=4, lr=2e-3, lora_targets=f"{ATTN_FF},{CONVS}")
 
 
-class LoKrMethod(_LycorisMethod):
+class LoKrMethod(LycorisMethod):
+    """LoKr (LyCORIS): a Kronecker product update, via peft."""
     name = kind = "lokr"
+    display_name = "LoKr (LyCORIS)"
+    hub_tags = ("lycoris", "lokr")
+    recipe = dict(lora_rank=8, lora_alpha=8, lr=2e-3, lora_targets=f"{ATTN_FF},{CONVS}")
 
 
 # ---- export ------------------------------------------------------------------------------------------------------
 _PARTS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
           "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
-
-
-def lycoris_state(run, checkpoint=None):
-    """(unet_sd, text_encoder_sd, rank, alpha, kind) of a LoHa/LoKr run: peft keys `<module>.<part>` -> tensor."""
-    from safetensors.torch import load_file
-    from ..run import Run
-    from .checkpoint import find_checkpoint
-    run = run if isinstance(run, Run) else Run(run)
-    c = run.config
-    if c.method not in ("loha", "lokr"):
-        raise ValueError(f"{run.path}: method {c.method!r} is not LoHa/LoKr. Fix: --format kohya for lora/locon, "
-                         f"--format pipeline or single-file for full/dreambooth.")
-    state = load_file(str(Path(find_checkpoint(run.path, checkpoint or "latest")) / "trainable.safetensors"))
-    alpha = c.lora_alpha if c.lora_alpha is not None else c.lora_rank
-    return _split(state, "unet."), _split(state, "text_encoder."), c.lora_rank, float(alpha), c.method
 
 
 def _group(sd: dict) -> dict:
@@ -104,10 +108,9 @@ def _group(sd: dict) -> dict:
 
 def peft_to_lycoris(unet_sd: dict, te_sd: dict, rank: int, alpha: float, dtype=torch.float16) -> dict:
     """LyCORIS/kohya-named tensors with peft's alpha/rank scale folded in and `.alpha` = dim (loader scale 1)."""
-    from ..export import kohya_name
     scale = alpha / rank
     out = {}
-    for part_name, sd in (("unet", unet_sd), ("te", te_sd)):
+    for part_name, sd in (("unet", unet_sd), ("text_encoder", te_sd)):
         for module, parts in _group(sd).items():
             name = kohya_name(module, part_name)
             parts = {k: v.float().clone() for k, v in parts.items()}
@@ -152,21 +155,18 @@ def lycoris_delta(tensors: dict, name: str, shape) -> torch.Tensor:
     return (delta * scale).reshape(shape)
 
 
-def export_lycoris(run, out, checkpoint=None, dtype=torch.float16) -> Path:
+def export_lycoris(method, unet_sd, te_sd, out, info, dtype=torch.float16) -> Path:
     """One .safetensors in the LyCORIS layout (AUTOMATIC1111's Lora extension, ComfyUI), with ss_* metadata."""
     import json
     from safetensors.torch import save_file
-    from .. import __version__
-    from ..run import Run
-    run = run if isinstance(run, Run) else Run(run)
-    unet_sd, te_sd, rank, alpha, kind = lycoris_state(run, checkpoint)
+    rank, alpha, kind = method.config.lora_rank, method.alpha(), method.kind
     out = Path(out)
     if out.suffix != ".safetensors":
-        out = out / f"{run.path.name}-{kind}.safetensors"
+        out = out / f"{info.name}-{kind}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
     tensors = peft_to_lycoris(unet_sd, te_sd, rank, alpha, dtype)
     meta = {"ss_network_module": "lycoris.kohya", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),
-            "ss_network_args": json.dumps({"algo": kind}), "sdkit_version": __version__,
+            "ss_network_args": json.dumps({"algo": kind}), "sdkit_version": info.version,
             "sdkit_note": "peft scale alpha/rank folded into w1; alpha = dim"}
     save_file(tensors, str(out), metadata=meta)
     return out

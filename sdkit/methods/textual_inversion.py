@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
-from .methods import Method
+from .base import PIPELINE_EXPORTS, Method
 
-__all__ = ["TextualInversionMethod", "TokenVectors", "export_embedding", "embedding_state"]
+__all__ = ["TextualInversionMethod", "TokenVectors", "write_embedding"]
 
 
 class TokenVectors(nn.Module):
@@ -60,7 +60,13 @@ class TokenVectors(nn.Module):
 
 
 class TextualInversionMethod(Method):
+    """New token vectors only (Gal et al. 2022); the UNet and the text encoder stay frozen."""
     name = "textual-inversion"
+    display_name = "textual inversion"
+    export_formats = {"embedding": "{name}-embedding.safetensors", **PIPELINE_EXPORTS}
+    hub_formats = ("embedding",)
+    hub_tags = ("textual_inversion",)
+    recipe = dict(token="<sks>", init_token="glyph", num_vectors=2, lr=5e-3)
 
     def __init__(self, config):
         super().__init__(config)
@@ -112,6 +118,21 @@ class TextualInversionMethod(Method):
         te.add_module("sdkit_token_vectors", self.module)  # moves with the encoder (.to(device), dtype)
         self.module.handle = emb.register_forward_hook(self.module.hook)
 
+    def prepare_models_for_count(self, unet, text_encoder):
+        """Preflight (no tokenizer): the vectors as prepare_pipeline makes them, after the existing rows."""
+        emb = text_encoder.get_input_embeddings()
+        vectors = torch.zeros(len(self.tokens), emb.weight.shape[1], device=emb.weight.device)
+        self.module = TokenVectors(emb.weight.shape[0], vectors)
+
+    def card_rows(self):
+        c = self.config
+        return [("token / vectors", f"`{c.token}` / {c.num_vectors} (init `{c.init_token}`)")]
+
+    def write_export(self, format, state, out, info):
+        if format != "embedding":
+            return super().write_export(format, state, out, info)
+        return write_embedding(state["token_vectors"].float(), self.token, out)
+
     def setup(self, unet, text_encoder):
         if self.module is None:
             raise RuntimeError("textual inversion: prepare_pipeline(pipe) must run before setup()")
@@ -161,24 +182,9 @@ class TextualInversionMethod(Method):
 
 
 # ---- export ------------------------------------------------------------------------------------------------------
-def embedding_state(run, checkpoint=None):
-    """(vectors (n, dim) float32, token) of a textual-inversion run at `checkpoint` (default: latest)."""
-    from safetensors.torch import load_file
-    from ..run import Run
-    from .checkpoint import find_checkpoint
-    run = run if isinstance(run, Run) else Run(run)
-    c = run.config
-    if c.method != "textual-inversion":
-        raise ValueError(f"{run.path}: method {c.method!r} did not train a textual-inversion embedding. Fix: export "
-                         f"it with the format of its method (see `python -m sdkit export --help`).")
-    path = find_checkpoint(run.path, checkpoint or "latest")
-    return load_file(str(Path(path) / "trainable.safetensors"))["token_vectors"].float(), c.token
-
-
-def export_embedding(run, out, checkpoint=None, dtype=torch.float32) -> Path:
+def write_embedding(vectors, token: str, out, dtype=torch.float32) -> Path:
     """Write the embedding as `{"emb_params": (n, dim)}` safetensors (AUTOMATIC1111 and diffusers read it)."""
     from safetensors.torch import save_file
-    vectors, token = embedding_state(run, checkpoint)
     out = Path(out)
     if out.suffix != ".safetensors":
         out = out / f"{token.strip('<>') or 'embedding'}.safetensors"

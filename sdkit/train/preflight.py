@@ -8,8 +8,9 @@ device, so nothing is downloaded or allocated):
 
     frozen weights      P_frozen x bytes of the compute dtype (2 for fp16/bf16, 4 for fp32)
     trained weights     P_train x 4               fp32 master copies (mixed precision keeps them in fp32)
+                        (P_train: the method's own `setup` run on meta-device models, counted; P_frozen the rest)
     gradients           P_train x 4
-    optimiser states    P_train x 8  AdamW (two fp32 moments) + step temporaries, fitted: 0.18 x P_train x 4
+    optimizer states    P_train x 8  AdamW (two fp32 moments) + step temporaries, fitted: 0.18 x P_train x 4
                         P_train x 2  AdamW8bit (two 8-bit moments, bitsandbytes)
     activations         A x samples x (resolution / 512)^2 x (UNet width / 320);  A = 0.20 GB per sample with
                         gradient checkpointing, 0.825 GB without (SD 1.5, fp16, memory-efficient attention);
@@ -30,7 +31,11 @@ import dataclasses
 import importlib.util
 from pathlib import Path
 
-__all__ = ["estimate", "preflight", "t4_preset", "Estimate", "SD15_UNET", "SD15_TEXT_ENCODER", "SD15_VAE"]
+from ..config import ConfigError
+from ..methods import make_method
+from ..models import PRESETS, resolve_model
+
+__all__ = ["estimate", "preflight", "t4_preset", "trainable_count", "gpu_warning", "MetaModels", "Estimate", "SD15_UNET", "SD15_TEXT_ENCODER", "SD15_VAE"]
 
 GB = 1e9
 # stable-diffusion-v1-5 component configs (the published config.json values that matter for sizes)
@@ -85,80 +90,81 @@ class Estimate:
         return "\n".join(lines)
 
 
-def _meta_models(model: str):
-    """UNet, text encoder and VAE of `model` on the meta device (no weights read, nothing downloaded)."""
-    from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-    from .models import PRESETS
-    folder = None
-    if model == "sdxl" or ("xl" in model.lower() and not Path(model).is_dir() and model not in PRESETS):
-        from .config import ConfigError
-        raise ConfigError(f"model: {model!r}: preflight has no SDXL memory model yet (its sizes are SD 1.x's). "
-                          f"Fix: see docs/SDXL.md for the T4 settings and their estimated budget.")
-    if model in PRESETS and model not in ("sd15", "sd21-base"):
-        from .models import resolve_model
-        folder = Path(resolve_model(model))
-    elif Path(model).is_dir():
-        folder = Path(model)
-    with init_empty_weights():
+class MetaModels:
+    """UNet, text encoder and VAE configs of a model; `build()` makes fresh models on the meta device (no weights
+    read, nothing downloaded, nothing allocated), so each estimate can run a method's setup on its own copy."""
+
+    def __init__(self, model: str):
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextConfig
+        if model == "sdxl" or ("xl" in model.lower() and not Path(model).is_dir() and model not in PRESETS):
+            raise ConfigError(f"model: {model!r}: preflight has no SDXL memory model yet (its sizes are SD 1.x's). "
+                              f"Fix: see docs/SDXL.md for the T4 settings and their estimated budget.")
+        folder = None
+        if model in PRESETS and model not in ("sd15", "sd21-base"):
+            folder = Path(resolve_model(model))
+        elif Path(model).is_dir():
+            folder = Path(model)
         if folder is not None:
-            unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
-            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(folder / "vae"))
-            te = CLIPTextModel(CLIPTextConfig.from_pretrained(folder / "text_encoder"))
+            self.unet = UNet2DConditionModel.load_config(folder / "unet")
+            self.vae = AutoencoderKL.load_config(folder / "vae")
+            self.text_encoder = CLIPTextConfig.from_pretrained(folder / "text_encoder")
         else:  # a Hub id: sizes of SD 1.5 (the course's real model; SD 2.x base is within 2 %)
-            unet, vae = UNet2DConditionModel(**SD15_UNET), AutoencoderKL(**SD15_VAE)
-            te = CLIPTextModel(CLIPTextConfig(**SD15_TEXT_ENCODER))
-    return unet, te, vae
+            self.unet, self.vae, self.text_encoder = SD15_UNET, SD15_VAE, CLIPTextConfig(**SD15_TEXT_ENCODER)
+
+    def build(self):
+        from accelerate import init_empty_weights
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+        with init_empty_weights():
+            unet = UNet2DConditionModel.from_config(self.unet)
+            vae = AutoencoderKL.from_config(self.vae)
+            te = CLIPTextModel(self.text_encoder)
+        return unet, te, vae
 
 
 def _count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _lora_params(model, targets, rank) -> int:
-    """r x (in + out) per targeted Linear, r x (in x k x k + out) per targeted Conv2d (peft's suffix matching)."""
-    import torch.nn as nn
-    n = 0
-    for name, m in model.named_modules():
-        if not any(name == t or name.endswith("." + t) for t in targets):
-            continue
-        if isinstance(m, nn.Linear):
-            n += rank * (m.in_features + m.out_features)
-        elif isinstance(m, nn.Conv2d):
-            n += rank * (m.in_channels * m.kernel_size[0] * m.kernel_size[1] + m.out_channels)
-    return n
+def trainable_count(config, models: MetaModels = None) -> dict:
+    """What `config`'s method trains, counted by running its own setup on meta-device models:
+    {"trained": parameters that train, "trained_base": those of them that are base weights (full fine-tune),
+    "unet", "text_encoder", "vae": the base models' sizes}."""
+    from accelerate import init_empty_weights
+    unet, te, vae = (models or MetaModels(config.model)).build()
+    base = {id(p) for m in (unet, te, vae) for p in m.parameters()}
+    counts = {"unet": _count(unet), "text_encoder": _count(te), "vae": _count(vae)}
+    method = make_method(config)
+    with init_empty_weights():  # adapters the method adds land on the meta device too
+        params = method.trainable_parameters(unet, te)
+    counts["trained"] = sum(p.numel() for p in params)
+    counts["trained_base"] = sum(p.numel() for p in params if id(p) in base)
+    counts["sample_size"] = unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
+    counts["width"] = unet.config.block_out_channels[0] / 320
+    return counts
 
 
-def estimate(config, budget_gb=None, ram_budget_gb=None, _models=None) -> Estimate:
+def estimate(config, budget_gb=None, ram_budget_gb=None, models: MetaModels = None) -> Estimate:
     """GPU memory and RAM of one training step of `config` (see the module docstring for the formula)."""
-    from .train.methods import TEXT_ENCODER_LORA_TARGETS
     c = config
-    unet, te, vae = _models or _meta_models(c.model)
-    n_unet, n_te, n_vae = _count(unet), _count(te), _count(vae)
+    n = trainable_count(c, models)
+    n_unet, n_te, n_vae, trained = n["unet"], n["text_encoder"], n["vae"], n["trained"]
     half = c.mixed_precision in ("fp16", "bf16")
     wbytes = 2 if half else 4
-    if c.method == "lora":
-        targets = [t.strip() for t in c.lora_targets.split(",") if t.strip()]
-        trained = _lora_params(unet, targets, c.lora_rank)
-        if c.train_text_encoder:
-            trained += _lora_params(te, TEXT_ENCODER_LORA_TARGETS, c.lora_rank)
-        frozen = n_unet + n_te + n_vae
-    else:
-        trained = n_unet + (n_te if c.train_text_encoder else 0)
-        frozen = n_vae + (0 if c.train_text_encoder else n_te)
-    resolution = c.resolution or unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
+    frozen = n_unet + n_te + n_vae - n["trained_base"]
+    resolution = c.resolution or n["sample_size"]
     area = (resolution / 512) ** 2
-    width = unet.config.block_out_channels[0] / 320
+    width = n["width"]
     batch = c.batch_size * (2 if c.uses_prior_preservation() else 1)
     act = (ACT_CKPT_GB if c.gradient_checkpointing else ACT_FULL_GB) * batch * area * width * (1 if half else 2)
-    # (LoRA needs these activations too: it saves the frozen weights' gradients and optimiser states, not these)
+    # (an adapter needs these activations too: it saves the frozen weights' gradients and optimizer states, not these)
     opt = trained * (2 if c.optimizer == "adamw8bit" else 8 * (1 + ADAMW_TEMP / 2))
     parts = {
         "frozen weights": frozen * wbytes / GB,
         "trained weights": trained * 4 / GB,
         "gradients": trained * 4 / GB,
-        "optimiser": opt / GB,
+        "optimizer": opt / GB,
         "activations": act,
         "VAE encoding": 0.0 if c.cache_latents else VAE_ENCODE_GB * c.batch_size * area * width,
         "CUDA context": CONTEXT_GB,
@@ -169,7 +175,8 @@ def estimate(config, budget_gb=None, ram_budget_gb=None, _models=None) -> Estima
     # RAM: the pipeline is read in fp32 on the CPU before it moves to the GPU, plus Python/torch/notebook overhead
     ram = 1.5 + (n_unet + n_te + n_vae) * 4 / GB + (0.5 if c.cache_latents else 0.0)
     return Estimate(vram_gb=vram, ram_gb=ram, parts=parts,
-                    params={"unet": n_unet, "text_encoder": n_te, "vae": n_vae, "trained": trained},
+                    params={"unet": n_unet, "text_encoder": n_te, "vae": n_vae, "trained": trained,
+                            "trained_base": n["trained_base"]},
                     budget_gb=budget_gb, ram_budget_gb=ram_budget_gb)
 
 
@@ -192,8 +199,8 @@ def t4_preset(config=None, bitsandbytes=None, xformers=None) -> dict:
 def preflight(config, budget_gb: float = 15.0, ram_budget_gb: float = 12.0, bitsandbytes=None) -> Estimate:
     """Estimate `config`; when over `budget_gb`, find the first of the usual savings (in the order that costs
     least quality and speed) that fits, and put it in `report.safer`."""
-    models = _meta_models(config.model)
-    est = estimate(config, budget_gb, ram_budget_gb, _models=models)
+    models = MetaModels(config.model)
+    est = estimate(config, budget_gb, ram_budget_gb, models=models)
     if est.vram_gb <= budget_gb:
         return est
     if bitsandbytes is None:
@@ -205,7 +212,7 @@ def preflight(config, budget_gb: float = 15.0, ram_budget_gb: float = 12.0, bits
         steps.append({"optimizer": "adamw8bit"})
     if config.batch_size > 1:
         steps.append({"batch_size": 1, "grad_accum": config.grad_accum * config.batch_size})
-    if config.method != "lora":
+    if est.params["trained_base"]:  # it trains base weights (full fine-tune, DreamBooth): an adapter is lighter
         steps.append({"method": "lora", "train_text_encoder": False})
     changes = {}
     for step in steps:
@@ -213,7 +220,7 @@ def preflight(config, budget_gb: float = 15.0, ram_budget_gb: float = 12.0, bits
         if not step:
             continue
         changes.update(step)
-        trial = estimate(config.replace(**changes), _models=models)
+        trial = estimate(config.replace(**changes), models=models)
         if trial.vram_gb <= budget_gb:
             est.safer, est.safer_vram_gb = changes, trial.vram_gb
             break
@@ -223,7 +230,6 @@ def preflight(config, budget_gb: float = 15.0, ram_budget_gb: float = 12.0, bits
 def gpu_warning(config, budget_gb: float) -> str | None:
     """The warning the training loop prints before it loads a model when `config` is estimated over a GPU of
     `budget_gb` (None when it fits, or when no estimate can be made for this model)."""
-    from .config import ConfigError
     try:
         est = preflight(config, budget_gb=budget_gb, ram_budget_gb=None)
     except (ConfigError, OSError, ValueError):
