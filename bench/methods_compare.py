@@ -14,12 +14,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sdkit.mini.compare import RECIPES, compare, table  # noqa: E402
+from sdkit.mini.compare import compare, recipes, table  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", default=",".join(RECIPES))
+    ap.add_argument("--methods", default=",".join(recipes()))
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--sample-steps", type=int, default=20)

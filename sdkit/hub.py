@@ -22,22 +22,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
-__all__ = ["HubError", "DEFAULT_FORMATS", "hub_token", "upload_layout", "build_upload_folder", "model_card",
+from .data.captions import has_trigger, insert_trigger
+from .export import export
+from .methods import make_method
+from .models import PRESETS
+from .run import Run
+from .version import __version__
+
+__all__ = ["HubError", "default_formats", "hub_token", "upload_layout", "build_upload_folder", "model_card",
            "push"]
 
-# method -> formats exported by default
-DEFAULT_FORMATS = {
-    "lora": ("diffusers", "kohya"), "locon": ("diffusers", "kohya"),
-    "full": ("pipeline",), "dreambooth": ("pipeline",),
-    "textual-inversion": ("embedding",), "loha": ("lycoris",), "lokr": ("lycoris",),
-    "hypernetwork": ("hypernetwork",),
-}
-METHOD_TAGS = {"lora": ["lora"], "locon": ["lora", "locon", "lycoris"], "full": ["full-finetune"],
-               "dreambooth": ["dreambooth"], "textual-inversion": ["textual_inversion"],
-               "loha": ["lycoris", "loha"], "lokr": ["lycoris", "lokr"], "hypernetwork": ["hypernetwork"]}
-METHOD_NAMES = {"lora": "LoRA", "locon": "LoCon (LoRA on attention and convolutions)", "full": "full fine-tune",
-                "dreambooth": "DreamBooth (full UNet, prior preservation)", "textual-inversion": "textual inversion",
-                "loha": "LoHa (LyCORIS)", "lokr": "LoKr (LyCORIS)", "hypernetwork": "hypernetwork"}
 DEFAULT_LICENSE = "creativeml-openrail-m"  # SD 1.x derivatives inherit it
 LICENSES_BY_BASE = {"stabilityai/stable-diffusion-2-1-base": "openrail++"}
 SDKIT_URL = "https://github.com/sdkit-course/sdkit"
@@ -75,17 +69,22 @@ def upload_layout(repo: str) -> dict:
             "hypernetwork": f"{stem}.pt"}
 
 
+def default_formats(run) -> tuple:
+    """What `push` uploads when no format is given: the run's method says (`Method.hub_formats`)."""
+    return tuple(make_method(run.config).hub_formats)
+
+
 def _formats(run, formats) -> tuple:
-    from .export import FORMATS
     if formats is None:
-        formats = DEFAULT_FORMATS.get(run.config.method, ("pipeline",))
+        formats = default_formats(run)
     if isinstance(formats, str):
         formats = [f.strip() for f in formats.split(",") if f.strip()]
-    bad = [f for f in formats if f not in FORMATS]
+    known = tuple(make_method(run.config).export_formats)
+    bad = [f for f in formats if f not in known]
     if bad:
-        raise HubError(f"--format: {', '.join(bad)}; expected one or more of {', '.join(FORMATS)} (comma-separated). "
-                       f"Fix: leave it out for the method's default ({run.config.method}: "
-                       f"{', '.join(DEFAULT_FORMATS.get(run.config.method, ('pipeline',)))}).")
+        raise HubError(f"--format: {', '.join(bad)}; a {run.config.method} run exports as one or more of "
+                       f"{', '.join(known)} (comma-separated). Fix: leave it out for the method's default "
+                       f"({run.config.method}: {', '.join(default_formats(run))}).")
     return tuple(dict.fromkeys(formats))
 
 
@@ -123,8 +122,6 @@ def _strip_local_paths(path: Path, paths: dict):
 def build_upload_folder(run, folder, repo: str, formats=None, checkpoint=None, license=None, base_model=None) -> dict:
     """Export `run` into `folder` with its sample grid and a model card. Returns {format: written path, "grid":
     path or None, "card": path}."""
-    from .export import export
-    from .run import Run
     run = run if isinstance(run, Run) else Run(run)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -155,7 +152,6 @@ def build_upload_folder(run, folder, repo: str, formats=None, checkpoint=None, l
 def _base_model(run, base_model=None) -> tuple:
     """(Hub id or None, what to call it in the text). A local folder or local preset has no Hub id: the Hub rejects
     a base_model that is not a model id, so it only appears in the text, by name."""
-    from .models import PRESETS
     if base_model:
         return base_model, base_model
     model = str(run.config.model)
@@ -178,7 +174,6 @@ def _sample_prompts(run) -> list:
 
 def _trigger(run) -> tuple:
     """(trigger word/token, instance prompt)."""
-    from .captions import has_trigger, insert_trigger
     c = run.config
     trigger = c.token or c.trigger_token
     prompts = _sample_prompts(run)
@@ -224,18 +219,13 @@ def _load_code(fmt: str, repo: str, path: Path, base: str, trigger: str, prompt:
 def model_card(run, repo: str, written: dict, license=None, base_model=None) -> str:
     """README.md for the repo: YAML front matter the Hub reads, then method, trigger, samples, usage, settings."""
     from huggingface_hub import ModelCardData
-    from . import __version__
-    from .run import Run
     run = run if isinstance(run, Run) else Run(run)
     c, recorded = run.config, run.recorded
     hub_base, base_text = _base_model(run, base_model)
     trigger, instance = _trigger(run)
     method = c.method
-    tags = ["stable-diffusion", "stable-diffusion-diffusers", "text-to-image", "diffusers",
-            *METHOD_TAGS.get(method, [method])]
-    if method in ("lora", "locon") and c.uses_prior_preservation():
-        tags.append("dreambooth")  # LoRA DreamBooth
-    tags.append("sdkit")
+    strategy = make_method(c)  # the method's own tags, name and settings rows (LoRA DreamBooth adds "dreambooth")
+    tags = ["stable-diffusion", "stable-diffusion-diffusers", "text-to-image", "diffusers", *strategy.tags(), "sdkit"]
     license = license or LICENSES_BY_BASE.get(hub_base or "", DEFAULT_LICENSE)
     data = ModelCardData(base_model=hub_base, library_name="diffusers", license=license,
                          pipeline_tag="text-to-image", tags=list(dict.fromkeys(tags)), instance_prompt=instance or None)
@@ -244,7 +234,7 @@ def model_card(run, repo: str, written: dict, license=None, base_model=None) -> 
     prompts = _sample_prompts(run)
     prompt = instance or (prompts[0] if prompts else "a photo")
     L = [f"# {repo.split('/')[-1]}", "",
-         f"A **{METHOD_NAMES.get(method, method)}** trained on {base_link} with sdkit {__version__} "
+         f"A **{strategy.title()}** trained on {base_link} with sdkit {__version__} "
          f"({run.final_step} steps).", ""]
     if trigger:
         L += [f"**Trigger:** `{trigger}` — write it in the prompt, e.g. `{instance or trigger}`.", ""]
@@ -279,11 +269,7 @@ def model_card(run, repo: str, written: dict, license=None, base_model=None) -> 
             ("resolution", f"{c.resolution} px" if c.resolution else "the base model's native size"),
             ("mixed precision", c.mixed_precision),
             ("optimizer", c.optimizer), ("seed", c.seed)]
-    if method in ("lora", "locon"):
-        rows.insert(3, ("rank / alpha", f"{c.lora_rank} / {c.lora_alpha if c.lora_alpha is not None else c.lora_rank}"))
-        rows.insert(4, ("LoRA targets", f"`{c.lora_targets}`" + (" + text encoder" if c.train_text_encoder else "")))
-    if method == "textual-inversion":
-        rows.insert(3, ("token / vectors", f"`{c.token}` / {c.num_vectors} (init `{c.init_token}`)"))
+    rows[3:3] = strategy.card_rows()
     if run.metrics:
         rows.append(("final loss", f"{run.metrics[-1]['loss']:.4f}"))
     L += ["## Training settings", "", "| setting | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
@@ -328,7 +314,6 @@ def push(run, repo: str, formats=None, private: bool = False, dry_run=None, chec
     dry_run: a folder: write the upload folder there and stop before any network call.
     api: an object with create_repo and upload_folder (default: HfApi(token=<from the environment>)).
     Returns build_upload_folder's dict plus "url" (None for a dry run)."""
-    from .run import Run
     if not _REPO_ID.fullmatch(repo or ""):
         raise HubError(f"--repo: {repo!r}; expected a Hub model id of the form user/name (or org/name). "
                        f"Fix: e.g. --repo yourname/glyph-lora.")

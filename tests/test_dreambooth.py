@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 import sdkit
-from sdkit.train.dreambooth import CLASS_OFFSET, with_control_prompts
+from sdkit.methods.prior import CLASS_OFFSET, with_control_prompts
 from sdkit.train.loop import Trainer
 
 
@@ -96,7 +96,7 @@ def test_dreambooth_flags_and_errors(db_config):
 def test_preflight_matches_the_published_t4_dreambooth_number():
     """Full-UNet DreamBooth, SD 1.5 512 px, batch 1, fp16, 8-bit Adam, gradient checkpointing, cached latents:
     9.92 GB measured on a T4 (ANCHORS.md); 11.17 GB without checkpointing; 15.79 GB without 8-bit Adam."""
-    from sdkit.preflight import estimate, t4_preset
+    from sdkit.train.preflight import estimate, t4_preset
     sd15 = dict(model="sd15", data="x", method="dreambooth", class_prompt="a dog", resolution=512, batch_size=1,
                 mixed_precision="fp16", cache_latents=True)
     for changes, published in [(dict(optimizer="adamw8bit", gradient_checkpointing=True), 9.92),
@@ -122,7 +122,7 @@ def test_preflight_cli_warns_and_proposes_safer_settings(capsys):
 def test_training_on_a_gpu_warns_before_loading_when_the_config_will_not_fit():
     """What the loop says first on a GPU (sdkit.preflight.gpu_warning): SD 1.5 full DreamBooth in fp32 on a 15 GB
     T4 does not fit, and the warning names settings that do; a LoRA at 512 px fits and says nothing."""
-    from sdkit.preflight import gpu_warning
+    from sdkit.train.preflight import gpu_warning
     from sdkit import TrainConfig
     db = TrainConfig(model="sd15", method="dreambooth", class_prompt="a photo of a dog", resolution=512)
     text = gpu_warning(db, 15.0)

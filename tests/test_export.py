@@ -12,7 +12,9 @@ import torch
 from safetensors import safe_open
 
 import sdkit
-from sdkit.export import export, kohya_to_modules, lora_modules, peft_to_kohya
+from sdkit.export import export, lora_modules
+from sdkit.methods.kohya import peft_to_kohya
+from loader_rules import kohya_to_modules
 from sdkit.models import load_pipeline
 from sdkit.sample import generate
 
@@ -56,7 +58,7 @@ def test_sd15_kohya_names_cover_all_176_modules_without_download():
     from diffusers.utils import convert_unet_state_dict_to_peft
     from peft import LoraConfig, inject_adapter_in_model
     from transformers import CLIPTextConfig, CLIPTextModel
-    from sdkit.train.methods import TEXT_ENCODER_LORA_TARGETS
+    from sdkit.methods.base import TEXT_ENCODER_LORA_TARGETS
 
     with init_empty_weights():
         unet = UNet2DConditionModel(  # stable-diffusion-v1-5/unet/config.json

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 import sdkit
-from sdkit.train.hypernetwork import (MODULE_NAME, HypernetworkAttnProcessor, HypernetworkMethod, Hypernetwork,
+from sdkit.methods.hypernetwork import (MODULE_NAME, HypernetworkAttnProcessor, HypernetworkMethod, Hypernetwork,
                                       a1111_state, build_mlp, hypernetwork_from_a1111, install_hypernetwork,
                                       load_hypernetwork_file, set_hypernetwork_strength)
 from sdkit.train.loop import Trainer, pipeline_from_checkpoint

@@ -59,7 +59,7 @@ def test_embedding_export_loads_in_diffusers_and_changes_the_image(ti_run, tiny_
 
 
 def test_textual_inversion_captions_and_errors(tiny_model, data8, tmp_path):
-    from sdkit.train.textual_inversion import TextualInversionMethod
+    from sdkit.methods.textual_inversion import TextualInversionMethod
     m = TextualInversionMethod(sdkit.TrainConfig(method="textual-inversion", token="<sks>", num_vectors=3,
                                                  trigger_token="sks"))
     assert m.convert_captions(["a white sks glyph"]) == ["a white <sks> <sks>_1 <sks>_2 glyph"]
@@ -92,7 +92,7 @@ def test_textual_inversion_cli_and_export_cli(tiny_model, data8, tmp_path):
 def test_lycoris_export_adds_exactly_the_trained_delta(method, tiny_model, data8, tmp_path):
     """The exported file, read by the rules AUTOMATIC1111's and ComfyUI's loaders use, gives the weights that
     peft's own merge gives, for attention (Linear) and ResNet (Conv2d 3x3) layers alike."""
-    from sdkit.train.lycoris import lycoris_delta
+    from sdkit.methods.lycoris import lycoris_delta
     run = sdkit.train(sdkit.TrainConfig(model=str(tiny_model), data=str(data8), method=method, steps=3, lr=1e-2,
                                         lora_rank=4, lora_alpha=2, lora_targets="to_q,to_k,to_v,to_out.0,conv1,conv2",
                                         resolution=32, out=str(tmp_path / method), sample_steps=2,

@@ -19,9 +19,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from pathlib import Path
+
 
 import numpy as np
+
+from ..run import Run
 
 __all__ = ["Diagnosis", "diagnose", "smooth", "diagnose_series"]
 
@@ -217,7 +219,6 @@ def diagnose_series(train_steps, train_loss, val_steps=(), val_loss=(), memorisa
 def diagnose(run, metrics=None) -> Diagnosis:
     """Diagnose a run from its loss curve (metrics.jsonl) and, when present, its validation metrics
     (`metrics`: the dict of evaluate_run, or RUN/eval/metrics.json when it exists)."""
-    from ..run import Run
     run = run if isinstance(run, Run) else Run(run)
     train = run.metrics
     ts = [m["step"] for m in train]

@@ -16,6 +16,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..methods import make_method
+from ..models import load_pipeline, native_resolution
+from ..run import Run
 from ..sample import generate, label_grid
 
 __all__ = ["CheckpointSwitcher", "Grid", "checkpoint_grid", "xyz_grid", "grid_browser", "select_checkpoints"]
@@ -53,8 +56,6 @@ class CheckpointSwitcher:
     """
 
     def __init__(self, run, device="cpu"):
-        from ..models import load_pipeline
-        from ..train.methods import make_method
         self.run = run
         self.config = run.config
         self.pipe = load_pipeline(self.config.model, revision=self.config.revision)
@@ -62,20 +63,13 @@ class CheckpointSwitcher:
         self.method.prepare_pipeline(self.pipe)
         torch.manual_seed(self.config.seed)
         self.method.setup(self.pipe.unet, self.pipe.text_encoder)
-        self.base_state = {k: v.detach().clone() for k, v in
-                           self.method.state_dict(self.pipe.unet, self.pipe.text_encoder).items()}
-        if self.is_lora:  # a fresh LoRA must be a no-op; say so loudly if a peft change breaks it
-            for k, v in self.base_state.items():
-                if "lora_B" in k:
-                    v.zero_()
+        # the method's weights made to change nothing (a fresh LoRA: lora_B = 0): the base model
+        self.base_state = self.method.no_op_state({k: v.detach().clone() for k, v in
+                                                   self.method.state_dict(self.pipe.unet, self.pipe.text_encoder).items()})
         self.pipe.unet.eval(), self.pipe.text_encoder.eval()
         self.pipe.to(device)
         self.current = None
         self.use(BASE)
-
-    @property
-    def is_lora(self) -> bool:
-        return self.config.method in ("lora", "locon")
 
     def use(self, name: str):
         """Load checkpoint `name` (step_XXXXXX; step_000000 = the base model) into the pipeline; return it."""
@@ -90,7 +84,6 @@ class CheckpointSwitcher:
 
     def settings(self, steps=None, guidance_scale=None, resolution=None) -> dict:
         """The sampling settings of the run's own samples, unless overridden."""
-        from ..models import native_resolution
         c = self.config
         size = resolution or c.resolution or native_resolution(self.pipe)
         return {"steps": int(steps or c.sample_steps), "guidance_scale": float(
@@ -100,7 +93,7 @@ class CheckpointSwitcher:
     def draw(self, name, prompts, seeds, scale: float = 1.0, **settings) -> list:
         """Images of checkpoint `name` at LoRA strength `scale`, prompt-major like sdkit.sample.generate."""
         pipe = self.use(name)
-        kwargs = {"scale": float(scale)} if (self.is_lora and float(scale) != 1.0) else None
+        kwargs = {"scale": float(scale)} if (self.method.supports_strength and float(scale) != 1.0) else None
         return generate(pipe, prompts, seeds, cross_attention_kwargs=kwargs, **settings)
 
 
@@ -164,11 +157,10 @@ def checkpoint_grid(run, prompts, seeds=(0, 1), checkpoints="all", scales=(1.0,)
 
     The base model (step 0) is the first row. `scales` are LoRA strengths (0 = base model, 1 = as trained; they
     go through `cross_attention_kwargs={"scale": s}`); for full fine-tunes only 1 is meaningful."""
-    from ..run import Run
     run = run if isinstance(run, Run) else Run(run)
     switcher = switcher or CheckpointSwitcher(run)
-    if not switcher.is_lora and any(float(s) != 1.0 for s in scales):
-        raise ValueError(f"scales {list(scales)}: LoRA strength needs a LoRA run; {run.path} is method "
+    if not switcher.method.supports_strength and any(float(s) != 1.0 for s in scales):
+        raise ValueError(f"scales {list(scales)}: a strength needs a LoRA-like run; {run.path} is method "
                          f"{switcher.config.method!r}. Fix: scales=(1.0,).")
     names = select_checkpoints(run, checkpoints, include_base)
     settings = switcher.settings(steps, guidance_scale)

@@ -33,6 +33,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..data import scan_folder, train_val_split
+from ..mini.clip import image_embeds, load_clip, load_tokenizer, text_embeds
+from ..mini.judge import JUDGE_DIR, Judge
+from ..mini.world import canonical_prompts
+from ..models import native_resolution
+from ..run import Run
+from ..train.validation import VAL_TIMESTEPS, validation_loss
+from .grid import CheckpointSwitcher, select_checkpoints
+
 __all__ = ["Extractors", "mini_extractors", "hub_extractors", "FeatureModule", "to_uint8", "load_folder",
            "clip_t", "clip_i", "diversity", "memorisation", "bleeding", "fid_kid", "inception_score",
            "psnr", "validation_loss", "vae_reconstruction", "evaluate_run", "pick_best", "control_prompts_for"]
@@ -53,7 +62,6 @@ def to_uint8(images, size: int | None = None) -> np.ndarray:
 
 def load_folder(folder, limit: int | None = None) -> tuple:
     """(PIL images, captions) of an image folder in sdkit's format (captions '' when there are none)."""
-    from ..data import scan_folder
     scan = scan_folder(folder)
     items = scan.items[:limit] if limit else scan.items
     return [Image.open(p).convert("RGB") for p, _ in items], [c for _, c in items]
@@ -81,19 +89,17 @@ class Extractors:
 
 def mini_extractors(judge: bool = True) -> Extractors:
     """Offline: the mini CLIP (data_samples/mini-clip; 32x32 pictures) and, when present, the mini world's judge."""
-    from ..mini import clip as mclip
-    model, tok = mclip.load_clip(), mclip.load_tokenizer()
+    model, tok = load_clip(), load_tokenizer()
     j = None
     if judge:
-        from ..mini.judge import JUDGE_DIR, Judge
         if (Path(JUDGE_DIR) / "model.safetensors").is_file():
             j = Judge.load()
     classifier = None
     if j is not None:
         def classifier(x):
             return torch.log(j.glyph_probs(x).clamp_min(1e-12))  # log-probabilities work as logits
-    return Extractors(name="mini-clip" + ("+judge" if j else ""), image=lambda x: mclip.image_embeds(model, x),
-                      text=lambda caps: mclip.text_embeds(model, tok, list(caps)), image_size=32,
+    return Extractors(name="mini-clip" + ("+judge" if j else ""), image=lambda x: image_embeds(model, x),
+                      text=lambda caps: text_embeds(model, tok, list(caps)), image_size=32,
                       classifier=classifier, judge=j)
 
 
@@ -274,73 +280,15 @@ def psnr(a, b) -> dict:
     return {"psnr": float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean()), "mse": float(mse.mean())}
 
 
-# ---- 4. the deterministic validation loss -----------------------------------------------------------------------
-VAL_TIMESTEPS = (100, 300, 500, 700, 900)
-
-
+# ---- 4. the VAE's ceiling (the deterministic validation loss is in sdkit.train.validation) ---------------------------
 def _pixels(images, size):
     x = torch.from_numpy(to_uint8(images, size)).float().permute(0, 3, 1, 2) / 127.5 - 1.0  # (N, 3, H, W) in [-1, 1]
     return x
 
 
 @torch.no_grad()
-def validation_loss(pipe, images, captions, timesteps=VAL_TIMESTEPS, seed: int = 0, prediction_type=None,
-                    resolution: int | None = None, batch_size: int = 8, x0_psnr: bool = True) -> dict:
-    """Denoising loss on held-out pictures with fixed timesteps and fixed noise: deterministic, so comparable.
-
-    Same noising as the training loop: DDPMScheduler.from_config(pipe.scheduler.config), latents = VAE posterior
-    MEAN x scaling_factor (the loop samples the posterior; the mean removes that randomness), epsilon or v target.
-    Noise for (image i, timestep k) comes from a generator seeded by (seed, i, k): it does not depend on the
-    batch size or on the order of evaluation."""
-    from diffusers import DDPMScheduler
-    sched = DDPMScheduler.from_config(pipe.scheduler.config)
-    ptype = prediction_type or sched.config.prediction_type
-    vae, unet, te, tok = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
-    device, dtype = unet.device, unet.dtype
-    from ..models import native_resolution
-    size = resolution or native_resolution(pipe)
-    px = _pixels(images, size)
-    per_t = {int(t): [] for t in timesteps}
-    psnrs = []
-    for i0 in range(0, len(px), batch_size):
-        x = px[i0:i0 + batch_size].to(device, vae.dtype)
-        latents = vae.encode(x).latent_dist.mean.float() * vae.config.scaling_factor   # (b, 4, h, w)
-        ids = tok(list(captions[i0:i0 + batch_size]), padding="max_length", max_length=tok.model_max_length,
-                  truncation=True, return_tensors="pt").input_ids.to(device)
-        hidden = te(ids)[0]
-        for k, t in enumerate(timesteps):
-            noise = torch.stack([torch.randn(latents.shape[1:], generator=torch.Generator("cpu").manual_seed(
-                int(np.random.SeedSequence([seed, i0 + j, k]).generate_state(1)[0]))) for j in range(len(latents))])
-            tt = torch.full((len(latents),), int(t), dtype=torch.long)
-            noisy = sched.add_noise(latents, noise, tt)
-            pred = unet(noisy.to(device, dtype), tt.to(device), hidden).sample.float().cpu()
-            if ptype == "epsilon":
-                target = noise
-            elif ptype == "v_prediction":
-                target = sched.get_velocity(latents, noise, tt)
-            else:
-                raise ValueError(f"prediction_type {ptype!r}: expected epsilon or v_prediction")
-            per_t[int(t)] += F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3)).tolist()
-            if x0_psnr:
-                a = sched.alphas_cumprod[tt].view(-1, 1, 1, 1)
-                if ptype == "epsilon":
-                    x0 = (noisy - (1 - a).sqrt() * pred) / a.sqrt()
-                else:
-                    x0 = a.sqrt() * noisy - (1 - a).sqrt() * pred
-                img = vae.decode((x0 / vae.config.scaling_factor).to(device, vae.dtype)).sample.float().cpu()
-                mse = (((img.clamp(-1, 1) - x.float().cpu()) / 2) ** 2).mean(dim=(1, 2, 3))
-                psnrs += (10 * torch.log10(1 / mse.clamp_min(1e-10))).tolist()
-    out = {"val_loss": float(np.mean([v for vs in per_t.values() for v in vs])),
-           "val_loss_per_t": {str(t): float(np.mean(v)) for t, v in per_t.items()}, "val_n": len(px)}
-    if x0_psnr:
-        out["x0_psnr"] = float(np.mean(psnrs))
-    return out
-
-
-@torch.no_grad()
 def vae_reconstruction(pipe, images, resolution: int | None = None) -> dict:
     """PSNR/MSE of VAE encode -> decode (posterior mean): the ceiling any generated detail can reach."""
-    from ..models import native_resolution
     size = resolution or native_resolution(pipe)
     x = _pixels(images, size).to(pipe.vae.device, pipe.vae.dtype)
     rec = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.float().cpu().clamp(-1, 1)
@@ -362,10 +310,9 @@ def control_prompts_for(prompts, trigger: str = "") -> list:
 
 
 def _judge_labels(prompts):
-    from ..mini import world
     table = {}
     for held in (False, True):
-        for p, lab in world.canonical_prompts(held_out=held, shapes=not held):
+        for p, lab in canonical_prompts(held_out=held, shapes=not held):
             table[p] = lab
     return [table.get(p) for p in prompts]
 
@@ -380,9 +327,6 @@ def evaluate_run(run, prompts=None, seeds=(0, 1, 2, 3), checkpoints="all", extra
     the prompts without their trigger word + one unrelated prompt. reference: a folder for FID/KID (default: the
     training images). val_data: held-out images for the validation loss (default: a deterministic split of the
     training folder — which the run saw; say so). Writes RUN/eval/metrics.json (or json_path) and returns the dict."""
-    from ..data import scan_folder, train_val_split
-    from ..run import Run
-    from .grid import BASE, CheckpointSwitcher, select_checkpoints
     run = run if isinstance(run, Run) else Run(run)
     cfg = run.config
     ex = extractors or mini_extractors()

@@ -13,7 +13,7 @@ sdkit/registry.py) says:
 - how it is exported: `export_formats` (format -> default file name; the first is the default format) and
   `write_export(format, state, out, info)` for the formats that are files of its own (pipeline formats are
   written by sdkit.export from `merge`);
-- what the tools around it need: `supports_sdxl`, `prior_preservation_default`, `supports_prior_preservation`,
+- what the tools around it need: `supports_sdxl`, `supports_strength`, `prior_preservation_default`, `supports_prior_preservation`,
   `hub_tags`, `hub_formats`, `display_name`, `card_rows()`, `recipe` (the settings that work on the mini
   concept), `oom_advice()`, `check_config(config)`, and `trainable_parameters(unet, text_encoder)` (preflight runs
   the method's own `setup` on meta-device models and counts what would train).
@@ -47,6 +47,7 @@ class Method:
     name = "base"
     display_name = None                 # how the model card names it (default: the registry name)
     supports_sdxl = False               # trains on SDXL pipelines too
+    supports_strength = False           # sampling can scale its update (a LoRA's strength: 0 = base, 1 = trained)
     supports_prior_preservation = False  # may be combined with DreamBooth's prior preservation (LoRA DreamBooth)
     prior_preservation_default = False  # prior preservation on unless the config says otherwise
     export_formats = dict(PIPELINE_EXPORTS)  # format -> default file name under RUN/export/; first = default
@@ -188,7 +189,7 @@ class PeftAdapterMethod(Method):
     def card_rows(self):
         c = self.config
         return [("rank / alpha", f"{c.lora_rank} / {c.lora_alpha if c.lora_alpha is not None else c.lora_rank}"),
-                ("targets", f"`{c.lora_targets}`" + (" + text encoder" if c.train_text_encoder else ""))]
+                ("LoRA targets", f"`{c.lora_targets}`" + (" + text encoder" if c.train_text_encoder else ""))]
 
 
 def make_method(config) -> Method:

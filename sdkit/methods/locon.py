@@ -5,7 +5,7 @@ Conv2d). Exported in the kohya layout, which AUTOMATIC1111 and ComfyUI load with
 """
 from __future__ import annotations
 
-from .lora import ATTN_FF, CONVS, LoRAMethod
+from .lora import ATTN_FF, LoRAMethod
 
 __all__ = ["LoConMethod"]
 
@@ -17,7 +17,7 @@ class LoConMethod(LoRAMethod):
     supports_prior_preservation = False
     hub_tags = ("lora", "locon", "lycoris")
     recipe = dict(lora_rank=8, lr=1e-3, lora_targets=ATTN_FF)  # locon adds the convs itself
-    CONV_TARGETS = CONVS
+    CONV_TARGETS = "conv1,conv2,conv_shortcut,proj_in,proj_out"
 
     def targets(self):
         targets = super().targets()

@@ -25,7 +25,7 @@ __all__ = ["LoRAMethod", "ATTN_FF", "CONVS"]
 
 # module names of the SD UNet (and the mini one): attention projections + feed-forward, and the ResNet convolutions
 ATTN_FF = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
-CONVS = "conv1,conv2,conv_shortcut,proj_in,proj_out"
+CONVS = "proj_in,proj_out,conv1,conv2"
 
 
 class LoRAMethod(PeftAdapterMethod):
@@ -33,6 +33,7 @@ class LoRAMethod(PeftAdapterMethod):
     name = "lora"
     display_name = "LoRA"
     supports_prior_preservation = True
+    supports_strength = True
     export_formats = {"kohya": "{name}.safetensors", "diffusers": "diffusers", **PIPELINE_EXPORTS}
     hub_formats = ("diffusers", "kohya")
     hub_tags = ("lora",)

@@ -66,7 +66,7 @@ class TextualInversionMethod(Method):
     export_formats = {"embedding": "{name}-embedding.safetensors", **PIPELINE_EXPORTS}
     hub_formats = ("embedding",)
     hub_tags = ("textual_inversion",)
-    recipe = dict(token="<sks>", init_token="glyph", num_vectors=2, lr=5e-3)
+    recipe = dict(token="<sks>", init_token="glyph", num_vectors=2, trigger_token="sks", lr=5e-3)
 
     def __init__(self, config):
         super().__init__(config)

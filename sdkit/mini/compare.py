@@ -15,37 +15,45 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-__all__ = ["RECIPES", "EXPORT_FORMAT", "train_method", "compare", "table"]
+from ..export import export
+from ..methods import make_method, method_class, method_names
+from ..models import data_samples_dir, load_pipeline
+from ..train.loop import train
+from ..config import TrainConfig
+from .concept import CONCEPT_PROMPTS, StarDetector, measure
 
-ATTN_FF = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
-CONVS = "proj_in,proj_out,conv1,conv2"
+__all__ = ["recipe", "recipes", "file_format", "train_method", "compare", "table"]
 
-# method -> TrainConfig fields (on top of the shared ones in train_method)
-RECIPES = {
-    "lora": dict(method="lora", lora_rank=8, lr=1e-3, lora_targets=f"{ATTN_FF},{CONVS}"),
-    "locon": dict(method="locon", lora_rank=8, lr=1e-3, lora_targets=ATTN_FF),  # locon adds the convs itself
-    "loha": dict(method="loha", lora_rank=4, lora_alpha=4, lr=2e-3, lora_targets=f"{ATTN_FF},{CONVS}"),
-    "lokr": dict(method="lokr", lora_rank=8, lora_alpha=8, lr=2e-3, lora_targets=f"{ATTN_FF},{CONVS}"),
-    "textual-inversion": dict(method="textual-inversion", token="<sks>", init_token="glyph", num_vectors=2,
-                              trigger_token="sks", lr=5e-3),
-    "hypernetwork": dict(method="hypernetwork", lr=1e-3),
-    "full": dict(method="full", lr=1e-4),
-}
-EXPORT_FORMAT = {"lora": "kohya", "locon": "kohya", "loha": "lycoris", "lokr": "lycoris",
-                 "textual-inversion": "embedding", "hypernetwork": "hypernetwork", "full": "single-file"}
+
+def recipe(name: str) -> dict:
+    """TrainConfig fields of method `name` on the glyph concept (on top of the shared ones in train_method): the
+    method's own `recipe`."""
+    return {"method": name, **method_class(name).recipe}
+
+
+def recipes() -> dict:
+    """{method: recipe} of every registered method that has a recipe and trains on the glyph captions alone
+    (DreamBooth needs class images: notebook 05), in registry order: what notebook 07 compares."""
+    return {name: recipe(name) for name in method_names()
+            if method_class(name).recipe and not method_class(name).prior_preservation_default}
+
+
+def file_format(config) -> str:
+    """The export a user's tools load as one file (a kohya LoRA, an embedding, a single-file checkpoint...): the
+    method's first format that is not a pipeline folder."""
+    formats = make_method(config).export_formats
+    return next((f for f, name in formats.items() if "." in name), next(iter(formats)))
 
 
 def train_method(name: str, steps: int, out, model: str = "mini", data=None, **overrides):
     """Train recipe `name` on the glyph set; return the Run."""
-    import sdkit
-    from ..models import data_samples_dir
     fields = dict(model=model, data=str(data or data_samples_dir() / "glyph"), steps=steps, batch_size=8,
                   cache_latents=True, seed=0, out=str(Path(out) / name), checkpoint_every=0, sample_steps=10,
                   sample_prompts=["a red sks glyph on a blue background"], sample_at_start=False,
                   tensorboard=False)
-    fields.update(RECIPES[name])
+    fields.update(recipe(name))
     fields.update(overrides)
-    return sdkit.train(sdkit.TrainConfig(**fields), progress=None)
+    return train(TrainConfig(**fields), progress=None)
 
 
 def _trainable(run) -> int:
@@ -56,10 +64,6 @@ def _trainable(run) -> int:
 def compare(names, steps: int, out, seeds=(0, 1, 2, 3), sample_steps: int = 25, model: str = "mini",
             detector=None, progress=print) -> list:
     """Train each method in `names`, export it, measure it; one row (dict) per method, base model first."""
-    from ..export import export
-    from ..models import load_pipeline
-    from ..train.methods import make_method
-    from .concept import CONCEPT_PROMPTS, StarDetector, measure
     detector = detector or StarDetector.fit()
     base = measure(load_pipeline(model), seeds=seeds, steps=sample_steps, detector=detector)
     rows = [{"method": "base model", "trainable": 0, "file_bytes": 0, "train_s": 0.0,
@@ -68,7 +72,8 @@ def compare(names, steps: int, out, seeds=(0, 1, 2, 3), sample_steps: int = 25, 
         t0 = time.time()
         run = train_method(name, steps, out, model=model)
         train_s = time.time() - t0
-        path = export(run, EXPORT_FORMAT[name])
+        fmt = file_format(run.config)
+        path = export(run, fmt)
         size = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() \
             else Path(path).stat().st_size
         pipe = run.load_pipeline()
@@ -77,7 +82,7 @@ def compare(names, steps: int, out, seeds=(0, 1, 2, 3), sample_steps: int = 25, 
         m = measure(pipe, base["images"]["control"], seeds=seeds, steps=sample_steps, detector=detector,
                     concept_prompts=prompts)
         row = {"method": name, "trainable": _trainable(run), "file_bytes": size, "train_s": train_s,
-               "format": EXPORT_FORMAT[name], "fidelity": m["fidelity"], "class_star_rate": m["class_star_rate"],
+               "format": fmt, "fidelity": m["fidelity"], "class_star_rate": m["class_star_rate"],
                "control_acc": m["control_acc"], "control_drift": m["control_drift"], "run": str(run.path),
                "images": m["images"]["concept"]}
         rows.append(row)
