@@ -21,6 +21,7 @@ METHODS: dict = {
     "lokr": "sdkit.methods.lycoris:LoKrMethod",
     "locon": "sdkit.methods.locon:LoConMethod",
     "hypernetwork": "sdkit.methods.hypernetwork:HypernetworkMethod",
+    "dora": "sdkit.methods.dora:DoRAMethod",
 }
 
 
