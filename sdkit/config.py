@@ -1,7 +1,10 @@
 """Run configuration: one dataclass, plain data, round-tripped to YAML.
 
-Every field carries its help text and its group in ``metadata``; the CLI flags (``sdkit.cli``), the notebook
-form (``sdkit.ui``) and docs/CONFIG.md are all generated from these fields, so nothing is written twice.
+Every field carries its help text and its group in ``metadata``; ``config_fields()`` reads them once into one
+table of :class:`FieldSpec` rows (type with ``Optional`` unwrapped, default, help, group, allowed values, range,
+widget), and the CLI flags (``sdkit.cli``), the notebook form (``sdkit.ui``), docs/CONFIG.md and the search spec
+(``sdkit.search``) are all generated from that table, so nothing is written twice. The `method` field's choices are
+the registry's names (``sdkit.registry``), read when used, so a method registered later is accepted everywhere.
 ``validate()`` raises a :class:`ConfigError` that names the field, says what was expected and how to fix it.
 """
 from __future__ import annotations
@@ -14,15 +17,19 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["TrainConfig", "LoRAConfig", "FullConfig", "DreamBoothConfig", "ConfigError", "GROUPS", "RECORDED_KEYS"]
+from .fieldspec import FieldSpec, fields_of
+from .registry import method_class, method_names
+
+__all__ = ["TrainConfig", "LoRAConfig", "FullConfig", "DreamBoothConfig", "ConfigError", "GROUPS", "RECORDED_KEYS",
+           "FieldSpec", "config_fields"]
 
 # Groups, in the order the form and the docs show them.
-GROUPS = ("model", "data", "method", "optimiser", "saving", "sampling")
+GROUPS = ("model", "data", "method", "optimizer", "saving", "sampling")
 
 # Keys a run writes into its config.yaml for the record (not settable; accepted and ignored when read back).
 RECORDED_KEYS = {
     "num_processes": "number of processes the run used (accelerate launch --num_processes)",
-    "global_batch_size": "images per optimiser step = batch_size x num_processes x grad_accum",
+    "global_batch_size": "images per optimizer step = batch_size x num_processes x grad_accum",
     "sdkit_version": "version of sdkit that wrote the file",
 }
 
@@ -32,7 +39,8 @@ class ConfigError(ValueError):
 
 
 def _f(default, help: str, group: str, choices=None, min=None, max=None, widget=None):
-    """A dataclass field with help text, group and (optional) allowed values / range for the form and CLI."""
+    """A dataclass field with help text, group and (optional) allowed values / range for the form and CLI.
+    `choices` may be a function returning them, called each time they are needed (the method names)."""
     meta = {"help": help, "group": group, "choices": choices, "min": min, "max": max, "widget": widget}
     if isinstance(default, list):
         return field(default_factory=lambda d=default: list(d), metadata=meta)
@@ -53,7 +61,7 @@ class TrainConfig:
     caption_ext: str = _f(".txt", "Extension of the sidecar caption files (.txt, .caption, ...).", "data")
     resolution: typing.Optional[int] = _f(None, "Training resolution in pixels (square). Empty: the model's native "
                                           "size (512 for SD 1.5, 32 for mini).", "data", min=8, max=2048)
-    center_crop: bool = _f(True, "Centre-crop after resizing (off: random crop).", "data")
+    center_crop: bool = _f(True, "Center-crop after resizing (off: random crop).", "data")
     random_flip: bool = _f(False, "Flip images horizontally at random (off for text, digits or asymmetric subjects).",
                            "data")
     caption_dropout: float = _f(0.0, "Probability of training on an empty caption, which teaches classifier-free "
@@ -70,18 +78,14 @@ class TrainConfig:
     tag_dropout: float = _f(0.0, "Probability of dropping each caption tag (after keep_tokens) per sample.", "data",
                             min=0.0, max=1.0)
     color_jitter: float = _f(0.0, "Max relative brightness/contrast/saturation change (0: off; keep 0 when the "
-                             "concept depends on colour).", "data", min=0.0, max=1.0)
+                             "concept depends on color).", "data", min=0.0, max=1.0)
     num_workers: int = _f(0, "Worker processes that decode and augment the next batches while a step trains (0: "
                           "in the training process; not used with cache_latents). Same batches either way.", "data",
                           min=0, max=32)
     # ---- method --------------------------------------------------------------------------------------------
-    method: str = _f("lora", "What trains: lora (small adapters on attention), full (every UNet weight), "
-                     "dreambooth (every UNet weight, instance prompt + prior preservation on class images), "
-                     "textual-inversion (new token vectors only), loha / lokr (LyCORIS adapters via peft), locon "
-                     "(LoRA on attention and the ResNet convs), hypernetwork (A1111-style MLPs on the cross-attention "
-                     "key/value context).", "method",
-                     choices=["lora", "full", "dreambooth", "textual-inversion", "loha", "lokr", "locon",
-                              "hypernetwork"])
+    method: str = _f("lora", "What trains: a registered training method (sdkit/registry.py; one file each in "
+                     "sdkit/methods/). `python -m sdkit train --help` and the notebook form say what each one does.",
+                     "method", choices=method_names)
     lora_rank: int = _f(4, "LoRA rank (network dim): size of each low-rank update.", "method", min=1, max=256)
     lora_alpha: typing.Optional[float] = _f(None, "LoRA alpha: the update is scaled by alpha/rank. Empty: alpha = rank "
                                             "(scale 1).", "method", min=0.0, max=1024.0)
@@ -119,46 +123,46 @@ class TrainConfig:
                                "model before training.", "method", min=1, max=100_000)
     prior_loss_weight: float = _f(1.0, "Weight of the class-image loss: loss = instance mean + weight x class mean.",
                                   "method", min=0.0, max=100.0)
-    # ---- optimiser -----------------------------------------------------------------------------------------
-    steps: int = _f(500, "Optimiser steps to train (one step = one global batch).", "optimiser", min=1, max=1_000_000)
-    batch_size: int = _f(1, "Images per process per micro-batch.", "optimiser", min=1, max=1024)
-    grad_accum: int = _f(1, "Gradient accumulation: micro-batches summed into one optimiser step.", "optimiser",
+    # ---- optimizer -----------------------------------------------------------------------------------------
+    steps: int = _f(500, "Optimizer steps to train (one step = one global batch).", "optimizer", min=1, max=1_000_000)
+    batch_size: int = _f(1, "Images per process per micro-batch.", "optimizer", min=1, max=1024)
+    grad_accum: int = _f(1, "Gradient accumulation: micro-batches summed into one optimizer step.", "optimizer",
                          min=1, max=1024)
-    lr: float = _f(1e-4, "Learning rate (peak, after warm-up).", "optimiser", min=0.0, max=1.0)
-    lr_scheduler: str = _f("constant", "Learning-rate schedule after warm-up.", "optimiser",
+    lr: float = _f(1e-4, "Learning rate (peak, after warm-up).", "optimizer", min=0.0, max=1.0)
+    lr_scheduler: str = _f("constant", "Learning-rate schedule after warm-up.", "optimizer",
                            choices=["constant", "constant_with_warmup", "linear", "cosine",
                                     "cosine_with_restarts", "polynomial"])
-    lr_warmup_steps: int = _f(0, "Steps of linear warm-up from 0 to lr.", "optimiser", min=0, max=1_000_000)
+    lr_warmup_steps: int = _f(0, "Steps of linear warm-up from 0 to lr.", "optimizer", min=0, max=1_000_000)
     optimizer: str = _f("adamw", "adamw (torch), adamw_fused (torch's fused kernel: one launch per step for all "
-                        "parameters, same maths), adamw8bit (bitsandbytes, CUDA only: about 1/4 the optimiser "
-                        "memory).", "optimiser", choices=["adamw", "adamw_fused", "adamw8bit"])
-    weight_decay: float = _f(1e-2, "AdamW weight decay.", "optimiser", min=0.0, max=1.0)
-    adam_beta1: float = _f(0.9, "AdamW beta1.", "optimiser", min=0.0, max=1.0)
-    adam_beta2: float = _f(0.999, "AdamW beta2.", "optimiser", min=0.0, max=1.0)
-    adam_epsilon: float = _f(1e-8, "AdamW epsilon.", "optimiser", min=0.0, max=1.0)
-    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this value (0: no clipping).", "optimiser",
+                        "parameters, same math), adamw8bit (bitsandbytes, CUDA only: about 1/4 the optimizer "
+                        "memory).", "optimizer", choices=["adamw", "adamw_fused", "adamw8bit"])
+    weight_decay: float = _f(1e-2, "AdamW weight decay.", "optimizer", min=0.0, max=1.0)
+    adam_beta1: float = _f(0.9, "AdamW beta1.", "optimizer", min=0.0, max=1.0)
+    adam_beta2: float = _f(0.999, "AdamW beta2.", "optimizer", min=0.0, max=1.0)
+    adam_epsilon: float = _f(1e-8, "AdamW epsilon.", "optimizer", min=0.0, max=1.0)
+    max_grad_norm: float = _f(1.0, "Clip the gradient norm to this value (0: no clipping).", "optimizer",
                               min=0.0, max=1e6)
     mixed_precision: str = _f("no", "no (fp32), fp16 (T4 and newer GPUs; fp32 master weights kept), bf16 (A100/H100, "
-                              "and CPUs; a T4 has no bf16).", "optimiser", choices=["no", "fp16", "bf16"])
-    seed: int = _f(0, "Seed for data order, noise and timesteps: the same seed gives the same run.", "optimiser",
+                              "and CPUs; a T4 has no bf16).", "optimizer", choices=["no", "fp16", "bf16"])
+    seed: int = _f(0, "Seed for data order, noise and timesteps: the same seed gives the same run.", "optimizer",
                    min=0, max=2**31 - 1)
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass: less memory, ~20-30% "
-                                      "slower.", "optimiser")
+                                      "slower.", "optimizer")
     channels_last: bool = _f(False, "Keep the UNet's weights and activations in channels-last memory layout (faster "
-                             "convolutions on tensor-core GPUs; same results).", "optimiser")
+                             "convolutions on tensor-core GPUs; same results).", "optimizer")
     compile_unet: bool = _f(False, "torch.compile the UNet (the first steps compile, later ones run faster on GPUs; "
-                            "needs a C++ compiler on CPUs).", "optimiser")
+                            "needs a C++ compiler on CPUs).", "optimizer")
     attention: str = _f("sdpa", "Attention kernel: sdpa (PyTorch's fused attention) or xformers (when installed).",
-                        "optimiser", choices=["sdpa", "xformers"])
+                        "optimizer", choices=["sdpa", "xformers"])
     ema: bool = _f(False, "Keep an exponential moving average of the trained weights (used for samples and export).",
-                   "optimiser")
-    ema_decay: float = _f(0.999, "EMA decay per step.", "optimiser", min=0.0, max=1.0)
+                   "optimizer")
+    ema_decay: float = _f(0.999, "EMA decay per step.", "optimizer", min=0.0, max=1.0)
     snr_gamma: typing.Optional[float] = _f(None, "Min-SNR loss weighting gamma (5 is the paper's value). Empty: off.",
-                                           "optimiser", min=0.0, max=100.0)
+                                           "optimizer", min=0.0, max=100.0)
     noise_offset: float = _f(0.0, "Noise offset (e.g. 0.05) lets the model learn very dark/bright images.",
-                             "optimiser", min=0.0, max=1.0)
+                             "optimizer", min=0.0, max=1.0)
     prediction_type: typing.Optional[str] = _f(None, "epsilon or v_prediction. Empty: from the model's scheduler "
-                                               "config.", "optimiser", choices=[None, "epsilon", "v_prediction"])
+                                               "config.", "optimizer", choices=[None, "epsilon", "v_prediction"])
     # ---- saving --------------------------------------------------------------------------------------------
     out: typing.Optional[str] = _f(None, "Run directory. Empty: runs/<method>-<date>-<time>.", "saving",
                                    widget="path")
@@ -197,22 +201,10 @@ class TrainConfig:
     # ------------------------------------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
         """Check every field; raise ConfigError naming the field, what was expected and the fix. Returns self."""
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            _check_type(f.name, value, hints[f.name])
-            meta = f.metadata
-            if value is None:
-                continue
-            if meta.get("choices") is not None and value not in meta["choices"]:
-                allowed = ", ".join(str(c) for c in meta["choices"] if c is not None)
-                raise ConfigError(f"{f.name}: got {value!r}; expected one of {allowed}. "
-                                  f"Fix: set {f.name} to one of those.")
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                lo, hi = meta.get("min"), meta.get("max")
-                if (lo is not None and value < lo) or (hi is not None and value > hi):
-                    raise ConfigError(f"{f.name}: got {value}; expected a value between {lo} and {hi}. "
-                                      f"Fix: {f.metadata['help']}")
+        for spec in config_fields(type(self)):
+            problem = spec.problem(getattr(self, spec.name))
+            if problem:
+                raise ConfigError(problem)
         # ---- relations between fields ----
         if not self.data:
             raise ConfigError("data: no training folder given. Fix: set data to a folder of images with "
@@ -248,8 +240,10 @@ class TrainConfig:
         return self
 
     def uses_prior_preservation(self) -> bool:
-        """prior_preservation, with its default resolved: on for method dreambooth, off otherwise."""
-        return self.prior_preservation if self.prior_preservation is not None else self.method == "dreambooth"
+        """prior_preservation, with its default resolved by the method (on for dreambooth, off otherwise)."""
+        if self.prior_preservation is not None:
+            return self.prior_preservation
+        return method_class(self.method).prior_preservation_default
 
     # ---- conversion ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -264,7 +258,7 @@ class TrainConfig:
                 raise ValueError(f"not recorded keys: {sorted(unknown)}")
             data.update(extra)
         text = "# sdkit run config: `python -m sdkit train --config THIS_FILE` reproduces the run.\n"
-        text += "# global batch = batch_size x num_processes x grad_accum images per optimiser step.\n"
+        text += "# global batch = batch_size x num_processes x grad_accum images per optimizer step.\n"
         text += yaml.safe_dump(data, sort_keys=False)
         if path is not None:
             Path(path).write_text(text, encoding="utf-8")
@@ -320,27 +314,9 @@ def DreamBoothConfig(**kwargs) -> TrainConfig:
     return TrainConfig(**{"method": "dreambooth", **kwargs})
 
 
-def _check_type(name, value, hint):
-    """Raise ConfigError when `value` does not fit the annotation `hint` (int/float/str/bool/Optional/List)."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is typing.Union:  # Optional[X]
-        if value is None:
-            return
-        hint = [a for a in args if a is not type(None)][0]
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (list, typing.List):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{name}: got {value!r}; expected a list. Fix: {name}=[{value!r}].")
-        for v in value:
-            _check_type(name, v, args[0])
-        return
-    ok = {
-        bool: lambda v: isinstance(v, bool),
-        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-        str: lambda v: isinstance(v, (str, os.PathLike)),
-    }[hint](value)
-    if not ok:
-        raise ConfigError(f"{name}: got {value!r} ({type(value).__name__}); expected {hint.__name__}. "
-                          f"Fix: give {name} a {hint.__name__} value.")
+def config_fields(cls=TrainConfig) -> tuple:
+    """The field table of a config dataclass: one FieldSpec per field (type with Optional unwrapped, default, help,
+    group, choices, min, max, widget), in declaration order. The CLI flags, the form, docs/CONFIG.md and the search
+    spec read it. Choices given as a function (the method names, from the registry) are read now, so a method
+    registered later is included."""
+    return fields_of(cls)

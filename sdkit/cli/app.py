@@ -9,9 +9,9 @@ import argparse
 import sys
 
 from ..config import ConfigError
-from ..data import DataError
+from ..data.scan import DataError
 from ..models import ModelNotFound
-from ..train import TrainingError
+from ..train.loop import TrainingError
 from .convert import add_convert_command
 from .data import add_data_commands
 from .evaluate import add_eval_commands

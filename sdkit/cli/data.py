@@ -8,9 +8,9 @@
 """
 from __future__ import annotations
 
-from ..captions import DEFAULT_CAPTIONER, Captioner, caption_folder
+from ..data.captioner import DEFAULT_CAPTIONER, Captioner, caption_folder
+from ..data.lint import check
 from ..data_samples_build import build_all
-from ..lint import check
 
 __all__ = ["add_data_commands"]
 

@@ -7,7 +7,10 @@
 """
 from __future__ import annotations
 
-from ..export import FORMATS, export
+import sys
+
+from ..export import ExportError, export, formats_of
+from ..registry import method_class, method_names
 from ..train.preflight import preflight
 from .flags import add_config_flags, config_from_args
 
@@ -25,9 +28,22 @@ LOAD_HINTS = {
 }
 
 
+def export_formats() -> list:
+    """Every format some registered method exports as, in registry order (each method says which are its own)."""
+    formats = {}
+    for name in method_names():
+        formats.update(dict.fromkeys(method_class(name).export_formats))
+    return list(formats)
+
+
 def _cmd_export(args):
-    path = export(args.run, args.format, args.out, checkpoint=args.checkpoint)
-    hint = LOAD_HINTS[args.format].format(path=str(path))
+    try:
+        path = export(args.run, args.format, args.out, checkpoint=args.checkpoint)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    fmt = args.format or next(iter(formats_of(args.run)))
+    hint = LOAD_HINTS.get(fmt, "see docs/EXPORT.md").format(path=str(path))
     print(f"wrote {path}\n  load: {hint}")
     return 0
 
@@ -43,9 +59,10 @@ def add_export_command(sub):
     """Add `export` to the `python -m sdkit` sub-parsers."""
     p = sub.add_parser("export", help="export a run's weights: diffusers / kohya LoRA, pipeline folder, single file")
     p.add_argument("run", help="run directory (runs/NAME)")
-    p.add_argument("--format", choices=FORMATS, default="kohya",
+    p.add_argument("--format", choices=export_formats(), default=None,
                    help="kohya: one file for A1111/ComfyUI (and diffusers); diffusers: a load_lora_weights folder; "
-                        "pipeline: a full diffusers folder; single-file: one original-layout .safetensors")
+                        "pipeline: a full diffusers folder; single-file: one original-layout .safetensors "
+                        "(default: the method's first format, e.g. kohya for lora)")
     p.add_argument("--out", default=None, help="where to write (default: RUN/export/...)")
     p.add_argument("--checkpoint", default=None, help="step_XXXXXX or a checkpoint folder (default: latest)")
     p.set_defaults(func=_cmd_export)

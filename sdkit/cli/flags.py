@@ -1,13 +1,23 @@
-"""TrainConfig's fields as command-line flags: `--field-name`, with the field's help, type and allowed values."""
+"""TrainConfig's fields as command-line flags: `--field-name`, with the field's help, type and allowed values.
+
+The flags come from the one field table, `sdkit.config.config_fields()`; `--method` takes the registry's names as
+they are when the parser is built, and its help shows each method's one-line summary (its class docstring).
+"""
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import typing
 
-from ..config import TrainConfig
+from ..config import TrainConfig, config_fields
+from ..registry import method_class
 
-__all__ = ["add_config_flags", "config_from_args"]
+__all__ = ["add_config_flags", "config_from_args", "method_summary"]
+
+
+def method_summary(name: str) -> str:
+    """The first line of a registered method's class docstring."""
+    doc = (method_class(name).__doc__ or "").strip()
+    return doc.splitlines()[0].strip() if doc else ""
 
 
 def _none_or(kind):
@@ -17,29 +27,28 @@ def _none_or(kind):
     return parse
 
 
+def _help(spec) -> str:
+    text = spec.help
+    if spec.name == "method":
+        text += " Methods: " + " | ".join(f"{name}: {method_summary(name).rstrip('.')}" for name in spec.choices) + "."
+    # argparse %-formats help strings: a literal % (as in "~20-30% slower") must be written %%
+    return f"{text} (default: {spec.default!r})".replace("%", "%%")
+
+
 def add_config_flags(parser: argparse.ArgumentParser, cls=TrainConfig):
     """One flag per config field: --field-name, with the field's help; defaults come from --config or the class."""
-    hints = typing.get_type_hints(cls)
     groups = {}
-    for f in dataclasses.fields(cls):
-        meta = f.metadata
-        group = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
-        hint = hints[f.name]
-        optional = typing.get_origin(hint) is typing.Union
-        if optional:
-            hint = [a for a in typing.get_args(hint) if a is not type(None)][0]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{meta['help']} (default: {default!r})"
-        kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
-        flag = "--" + f.name.replace("_", "-")
-        if hint is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif typing.get_origin(hint) in (list, typing.List):
-            group.add_argument(flag, nargs="*", type=typing.get_args(hint)[0], metavar="VALUE", **kwargs)
+    for spec in config_fields(cls):
+        group = groups.setdefault(spec.group, parser.add_argument_group(spec.group))
+        kwargs = dict(dest=spec.name, default=argparse.SUPPRESS, help=_help(spec))
+        if spec.type is bool:
+            group.add_argument(spec.flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif spec.is_list:
+            group.add_argument(spec.flag, nargs="*", type=spec.item_type, metavar="VALUE", **kwargs)
         else:
-            choices = [c for c in (meta.get("choices") or []) if c is not None] or None
-            group.add_argument(flag, type=_none_or(hint) if optional else hint, choices=choices,
-                               metavar=f.name.upper() if not choices else None, **kwargs)
+            choices = [c for c in (spec.choices or []) if c is not None] or None
+            group.add_argument(spec.flag, type=_none_or(spec.type) if spec.optional else spec.type, choices=choices,
+                               metavar=spec.name.upper() if not choices else None, **kwargs)
     return parser
 
 

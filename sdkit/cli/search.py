@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 from ..config import ConfigError
-from ..data import DataError
+from ..data.scan import DataError
 from ..hpsearch import search, summary_table
 from ..models import ModelNotFound
 

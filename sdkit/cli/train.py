@@ -7,7 +7,7 @@ import sys
 
 from ..plot import save_loss_plot
 from ..run import Run
-from ..train import train
+from ..train.loop import train
 from .flags import add_config_flags, config_from_args
 
 __all__ = ["add_train_command", "add_show_command"]

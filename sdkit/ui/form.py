@@ -1,26 +1,31 @@
-"""A form for a run, generated from the TrainConfig dataclass: one widget per field, nothing written twice.
+"""A form for a run, generated from the config's field table (`sdkit.config.config_fields`): one widget per field.
 
     form = ConfigForm(TrainConfig(data="data_samples/glyph"))
     form.widget          # tabs per group (model, data, method, ...), each field's help as its tooltip
     form.config          # the TrainConfig the form holds now (raises ConfigError if a field is invalid)
     form.config = cfg    # fill the form from a config
 
-Which widget a field gets comes from its type and its metadata (choices, min, max, widget="path"):
+Which widget a field gets comes from its FieldSpec (type, optional, choices, min, max, widget="path"):
 bool -> Checkbox (Optional[bool] -> Dropdown default/yes/no) · choices -> Dropdown · int with a small range -> IntSlider, else BoundedIntText ·
 float with a range and short decimals -> FloatSlider, else Text (so 1e-4 stays 1e-4) · Optional[number] -> Text
 (empty = default) · List[int] -> comma-separated Text · List[str] -> Textarea, one item per line (prompts contain
 commas) · str -> Text. Only core widgets whose API is the same in ipywidgets 7.7 (Colab) and 8.
+The method Dropdown lists the registry's methods as they are when the form is built; the line under it says what the
+chosen one does (the first line of its class docstring).
 """
 from __future__ import annotations
 
 import dataclasses
+import html
 import importlib.util
 import typing
 from pathlib import Path
 
 import ipywidgets as W
 
-from ..config import GROUPS, ConfigError, TrainConfig
+from ..config import GROUPS, ConfigError, FieldSpec, TrainConfig, config_fields
+from ..models import PRESETS as MODEL_PRESETS
+from ..registry import method_class
 
 __all__ = ["ConfigForm", "PRESETS", "apply_preset"]
 
@@ -36,7 +41,6 @@ def _t4_safe(cfg: TrainConfig) -> dict:
 
 def _cpu_quick(cfg: TrainConfig) -> dict:
     """A laptop without a GPU: the mini pipeline (or a tiny random one), a minute of training."""
-    from ..models import PRESETS as MODEL_PRESETS
     mini_ok = (Path(MODEL_PRESETS["mini"]["path"]()) / "model_index.json").is_file()
     return {"model": "mini" if mini_ok else "tiny", "mixed_precision": "no", "gradient_checkpointing": False,
             "optimizer": "adamw", "attention": "sdpa", "resolution": None, "steps": 60, "batch_size": 4,
@@ -62,11 +66,13 @@ def apply_preset(cfg: TrainConfig, name: str) -> TrainConfig:
     return dataclasses.replace(cfg, **PRESETS[name](cfg))
 
 
-def _strip_optional(hint):
-    if typing.get_origin(hint) is typing.Union:
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return args[0], True
-    return hint, False
+def method_summary(name) -> str:
+    """The first line of a registered method's class docstring ("" for an unknown name)."""
+    try:
+        doc = (method_class(name).__doc__ or "").strip()
+    except KeyError:
+        return ""
+    return doc.splitlines()[0].strip() if doc else ""
 
 
 def _short_decimals(x) -> bool:
@@ -76,35 +82,40 @@ def _short_decimals(x) -> bool:
 class _Field:
     """One config field: its widget, how to read/write it, and the line under it that shows its error."""
 
-    def __init__(self, f: dataclasses.Field, hint, default):
-        self.name = f.name
-        self.meta = f.metadata
-        self.type, self.optional = _strip_optional(hint)
-        self.is_list = typing.get_origin(self.type) in (list, typing.List)
-        self.item_type = typing.get_args(self.type)[0] if self.is_list else None
+    def __init__(self, spec: FieldSpec, default):
+        self.spec = spec
+        self.name, self.group = spec.name, spec.group
+        self.type, self.optional = spec.type, spec.optional
+        self.is_list, self.item_type = spec.is_list, spec.item_type
         self.kind, self.widget = self._make(default)
-        help_text = self.meta.get("help", "")
-        _set_tooltip(self.widget, help_text)
+        _set_tooltip(self.widget, spec.help)
         self.error = W.HTML(value="", layout=W.Layout(margin="0 0 0 210px"))
-        self.help = W.HTML(value=f"<span style='color:#666;font-size:90%'>{_esc(help_text)}</span>",
-                           layout=W.Layout(margin="-4px 0 4px 210px"))
+        self.help = W.HTML(value=self._help_html(), layout=W.Layout(margin="-4px 0 4px 210px"))
+        if spec.name == "method":  # say what the chosen method does, under the field
+            self.widget.observe(lambda _: setattr(self.help, "value", self._help_html()), names="value")
         self.box = W.VBox([self.widget, self.help, self.error])
+
+    def _help_html(self) -> str:
+        text = _esc(self.spec.help)
+        if self.spec.name == "method" and method_summary(self.widget.value):
+            text += f"<br><b>{_esc(self.widget.value)}</b>: {_esc(method_summary(self.widget.value))}"
+        return f"<span style='color:#666;font-size:90%'>{text}</span>"
 
     # ---- which widget ----
     def _make(self, default):
-        m, t = self.meta, self.type
+        s, t = self.spec, self.type
         common = dict(description=self.name, style={"description_width": "200px"},
                       layout=W.Layout(width="560px"))
-        if m.get("choices") is not None:
+        if s.choices is not None:
             options = [("(from the model)" if c is None else str(c), _EMPTY if c is None else c)
-                       for c in m["choices"]]
+                       for c in s.choices]
             return "choice", W.Dropdown(options=options, value=_EMPTY if default is None else default, **common)
         if t is bool and self.optional:  # Optional[bool]: "default" (None) is a third state a Checkbox lacks
             options = [("(default)", _EMPTY), ("yes", True), ("no", False)]
             return "choice", W.Dropdown(options=options, value=_EMPTY if default is None else default, **common)
         if t is bool:
             return "bool", W.Checkbox(value=bool(default), indent=True, **common)
-        lo, hi = m.get("min"), m.get("max")
+        lo, hi = s.min, s.max
         if t is int and not self.optional and lo is not None and hi is not None:
             if hi - lo <= 256:
                 return "int", W.IntSlider(value=default, min=lo, max=hi, step=1, **common)
@@ -118,7 +129,7 @@ class _Field:
         if self.is_list:
             return "csv", W.Text(value=", ".join(str(v) for v in default or []), placeholder="comma-separated",
                                  **common)
-        placeholder = "empty: default" if self.optional else ("folder" if m.get("widget") == "path" else "")
+        placeholder = "empty: default" if self.optional else ("folder" if s.widget == "path" else "")
         return "text", W.Text(value="" if default is None else str(default), placeholder=placeholder, **common)
 
     # ---- widget <-> value ----
@@ -170,7 +181,6 @@ def _set_tooltip(widget, text):
 
 
 def _esc(text: str) -> str:
-    import html
     return html.escape(str(text), quote=False)
 
 
@@ -184,8 +194,7 @@ class ConfigForm:
     def __init__(self, config: typing.Optional[TrainConfig] = None, cls=TrainConfig):
         self.cls = cls
         config = config or cls()
-        hints = typing.get_type_hints(cls)
-        self.fields = {f.name: _Field(f, hints[f.name], getattr(config, f.name)) for f in dataclasses.fields(cls)}
+        self.fields = {s.name: _Field(s, getattr(config, s.name)) for s in config_fields(cls)}
         self.error = None
         self._listeners = []
         self._quiet = False
@@ -197,7 +206,7 @@ class ConfigForm:
         self.apply_button.on_click(lambda _: self.apply_preset(self.preset.value))
         self.status = W.HTML(value="")
 
-        tabs = W.Tab(children=[W.VBox([fl.box for fl in self.fields.values() if fl.meta.get("group") == g])
+        tabs = W.Tab(children=[W.VBox([fl.box for fl in self.fields.values() if fl.group == g])
                                for g in GROUPS])
         for i, g in enumerate(GROUPS):
             tabs.set_title(i, g)  # set_title: the one spelling ipywidgets 7 and 8 share
@@ -257,7 +266,7 @@ class ConfigForm:
         for name, fl in self.fields.items():
             fl.error.value = (f"<span style='color:#c00'>&#9888; {_esc(error)}</span>" if name == field else "")
         if error:
-            where = f" (tab <b>{self.fields[field].meta.get('group')}</b>)" if field in self.fields else ""
+            where = f" (tab <b>{self.fields[field].group}</b>)" if field in self.fields else ""
             self.status.value = f"<span style='color:#c00'>&#9888; {_esc(error)}</span>{where}"
         else:
             self.status.value = "<span style='color:#080'>&#10004; config valid</span>"
