@@ -1,5 +1,7 @@
-"""Every notebook in notebooks/ runs top to bottom in quick mode (SDKIT_QUICK=1) in a real kernel, and is stored
-clean (no outputs, no widget state). New notebooks are picked up automatically."""
+"""Every notebook in notebooks/ is built from its jupytext source (notebooks/NN_name.py) and is up to date with it,
+runs top to bottom in quick mode (SDKIT_QUICK=1) in a real kernel, and is stored clean (no outputs, no widget state).
+New notebooks are picked up automatically."""
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -11,10 +13,55 @@ nbclient = pytest.importorskip("nbclient")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+SOURCES = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+BUILD = "python scripts/build_notebooks.py"
+
+
+def _build_module():
+    spec = importlib.util.spec_from_file_location("build_notebooks", ROOT / "scripts" / "build_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_there_are_notebooks():
     assert any(p.name.startswith("00_") for p in NOTEBOOKS), "notebooks/00_setup_and_tour.ipynb is missing"
+
+
+def test_every_notebook_has_one_source_and_every_source_a_notebook():
+    notebooks, sources = {p.stem for p in NOTEBOOKS}, {p.stem for p in SOURCES}
+    assert not notebooks - sources, (f"no jupytext source for {sorted(f'{n}.ipynb' for n in notebooks - sources)}: "
+                                     "write notebooks/NAME.py (`jupytext --to py:percent --set-formats "
+                                     f"ipynb,py:percent notebooks/NAME.ipynb`), then run `{BUILD}`")
+    assert not sources - notebooks, (f"{sorted(f'{n}.py' for n in sources - notebooks)} has no .ipynb: run `{BUILD}` "
+                                     "and commit the notebook (Colab's badge opens the .ipynb)")
+    assert _build_module().sources() == SOURCES
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=[p.stem for p in SOURCES])
+def test_notebook_is_built_from_its_source(source):
+    pytest.importorskip("jupytext")
+    ipynb = source.with_suffix(".ipynb")
+    if not ipynb.is_file():
+        pytest.fail(f"notebooks/{ipynb.name} is missing: run `{BUILD}`", pytrace=False)
+    built, stored = json.loads(_build_module().build(source)), json.loads(ipynb.read_text(encoding="utf-8"))
+    hint = f"notebooks/{ipynb.name} is out of date with its source notebooks/{source.name}: run `{BUILD}`"
+    assert stored["metadata"] == built["metadata"], f"{hint} (notebook metadata differs)"
+    assert len(stored["cells"]) == len(built["cells"]), (f"{hint} ({len(stored['cells'])} cells stored, "
+                                                         f"{len(built['cells'])} in the source)")
+    for i, (s, b) in enumerate(zip(stored["cells"], built["cells"])):
+        for key in ("cell_type", "source", "metadata", "id"):
+            assert s.get(key) == b.get(key), f"{hint} (cell {i}: {key} differs)"
+    assert stored == built, f"{hint} (outputs, execution counts or format differ)"
+
+
+def test_notebook_build_is_stable():
+    build = _build_module().build
+    for source in SOURCES[:2]:
+        text = build(source)
+        assert text == build(source), f"building notebooks/{source.name} twice gave different notebooks"
+        ids = [c["id"] for c in json.loads(text)["cells"]]
+        assert len(set(ids)) == len(ids), f"{source.name}: cell ids repeat"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

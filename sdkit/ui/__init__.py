@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 
+from .bootstrap import NotebookSetup, setup_notebook
 from .env import environment, environment_report
 
 __all__ = ["train_panel", "ConfigForm", "Dashboard", "TrainPanel", "TextPanel", "environment_report", "environment",
-           "widgets_available"]
+           "widgets_available", "setup_notebook", "NotebookSetup"]
 
 
 def widgets_available() -> tuple:
