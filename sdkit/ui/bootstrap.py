@@ -19,6 +19,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..version import __version__
+
 __all__ = ["NotebookSetup", "setup_notebook", "checkout_root", "in_colab", "install_missing", "DRIVE_RUNS"]
 
 DRIVE_RUNS = "/content/drive/MyDrive/sdkit-runs"   # where runs go on Colab with drive=True
@@ -87,8 +89,6 @@ def setup_notebook(chdir: bool = True, drive: bool = False, pip=(), runs: str = 
     quick = os.environ.get("SDKIT_QUICK") == "1"
     setup = NotebookSetup(quick=quick, device=_device(), in_colab=colab, root=Path.cwd(), runs=runs)
     if verbose:
-        # the package is imported by now (this module is inside it); read its version without importing it here
-        version = getattr(sys.modules.get("sdkit"), "__version__", "?")
-        print(f"sdkit {version} · device: {setup.device} · " + ("quick mode · " if quick else "")
+        print(f"sdkit {__version__} · device: {setup.device} · " + ("quick mode · " if quick else "")
               + f"working directory: {setup.root} · runs go to {runs}/")
     return setup
