@@ -6,15 +6,24 @@ runs/NAME/tb/             TensorBoard events
 runs/NAME/samples/        step_XXXXXX/p{prompt}_s{seed}.png + grid.png, step 0 first
 runs/NAME/checkpoints/    step_XXXXXX/ (trainable.safetensors + optimizer + state.json), `latest` marker
 runs/NAME/export/         final artefacts
+
+`pipeline_from_checkpoint` (also `Run.load_pipeline`) puts a run's trained weights back onto its base pipeline.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import torch
 import yaml
+from safetensors.torch import load_file
 
-__all__ = ["Run"]
+from .checkpoint import find_checkpoint, list_checkpoints, read_checkpoint
+from .config import TrainConfig
+from .methods.base import make_method
+from .models import load_pipeline
+
+__all__ = ["Run", "pipeline_from_checkpoint"]
 
 
 class Run:
@@ -43,7 +52,6 @@ class Run:
 
     @property
     def config(self):
-        from .config import TrainConfig
         return TrainConfig.from_yaml(self.path / "config.yaml")
 
     @property
@@ -99,12 +107,10 @@ class Run:
 
     @property
     def checkpoints(self) -> list:
-        from .train.checkpoint import list_checkpoints
         return list_checkpoints(self.path / "checkpoints")
 
     @property
     def latest_checkpoint(self):
-        from .train.checkpoint import find_checkpoint
         try:
             return find_checkpoint(self.path, "latest")
         except FileNotFoundError:
@@ -117,5 +123,29 @@ class Run:
 
     def load_pipeline(self, checkpoint=None, device="cpu"):
         """The base pipeline with this run's trained weights (from `checkpoint`, default the latest) applied."""
-        from .train.loop import pipeline_from_checkpoint
         return pipeline_from_checkpoint(self, checkpoint, device=device)
+
+
+def pipeline_from_checkpoint(run, checkpoint=None, device="cpu", use_ema=True):
+    """Base pipeline + the trained weights of `run` at `checkpoint` (folder, step_XXXXXX, or None: latest).
+
+    A run trained with `ema` gives its EMA weights (what its samples showed) unless use_ema=False."""
+    run = run if isinstance(run, Run) else Run(run)
+    config = run.config
+    path = find_checkpoint(run.path, checkpoint or "latest")
+    pipe = load_pipeline(config.model, revision=config.revision)
+    method = make_method(config)
+    method.prepare_pipeline(pipe)
+    groups = method.setup(pipe.unet, pipe.text_encoder)
+    method.load_state_dict(pipe.unet, pipe.text_encoder, load_file(Path(path) / "trainable.safetensors"))
+    if use_ema and config.ema and (Path(path) / "ema.safetensors").is_file():
+        # EMAModel keeps one shadow tensor per trainable parameter, in the optimizer's parameter order
+        shadow = read_checkpoint(path)["ema"]["shadow_params"]
+        params = [p for g in groups for p in g["params"]]
+        if len(shadow) != len(params):
+            raise ValueError(f"{path}: EMA holds {len(shadow)} tensors, the method has {len(params)} parameters.")
+        with torch.no_grad():
+            for p, s in zip(params, shadow):
+                p.copy_(s.to(p.dtype))
+    pipe.unet.eval(), pipe.text_encoder.eval()
+    return pipe.to(device)

@@ -17,8 +17,9 @@ from sdkit.data import ImageCaptionDataset, scan_folder
 from sdkit.export import export, lora_modules
 from sdkit.models import load_pipeline, native_resolution, resolve_model
 from sdkit.sample import generate
-from sdkit.sdxl import batch_time_ids
-from sdkit.train.loop import Trainer, _sample_seed
+from sdkit.families import batch_time_ids
+from sdkit.rng import sample_seed
+from sdkit.train.loop import Trainer
 
 PROMPT = "a red square on a white background"
 
@@ -35,7 +36,7 @@ def draw(pipe, prompt=PROMPT):
 
 @pytest.fixture(scope="module")
 def tiny_sdxl(tmp_path_factory) -> Path:
-    from sdkit.sdxl import make_tiny_sdxl
+    from sdkit.models import make_tiny_sdxl
     return make_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
 
 
@@ -102,7 +103,7 @@ def test_sdxl_conditioning_equals_the_pipelines_and_time_ids_record_size_and_cro
     handle.remove()
     expect = []
     for i, g in zip(batch["index"], batch["g"]):
-        item = trainer.dataset[(i, _sample_seed(config.seed, g))]
+        item = trainer.dataset[(i, sample_seed(config.seed, g))]
         path = trainer.dataset.item(i)[0]
         w, h = Image.open(path).size
         assert item["original_size"] == (h, w) and item["target_size"] == (32, 32)
