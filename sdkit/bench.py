@@ -1,6 +1,6 @@
 """`python -m sdkit bench train [--quick] [--json F]`: sdkit's loop against a bare reference loop.
 
-Both train the same LoRA on the same model, data, batch and optimiser, in one process, interleaved
+Both train the same LoRA on the same model, data, batch and optimizer, in one process, interleaved
 (sdkit, bare, sdkit, bare, ...), so the ratio is measured under the same machine load. Per-step time is the median
 over the steps after 2 warm-up steps (sdkit: from its metrics' wall-clock column; the bare loop: timed per step).
 """
@@ -16,13 +16,16 @@ from pathlib import Path
 
 import torch
 
+from .config import TrainConfig
+from .models import PRESETS
+from .quickstart import write_shapes_folder
+from .train.loop import Trainer
+
 __all__ = ["bench_train"]
 
 
 def _sdkit_seconds_per_step(model, data, steps, batch_size, resolution, out):
-    import sdkit
-    from .train.loop import Trainer
-    cfg = sdkit.TrainConfig(model=model, data=str(data), steps=steps, batch_size=batch_size, resolution=resolution,
+    cfg = TrainConfig(model=model, data=str(data), steps=steps, batch_size=batch_size, resolution=resolution,
                             out=str(out), tensorboard=False, sample_at_start=False, checkpoint_every=0,
                             lr=1e-4, lora_rank=4)
     trainer = Trainer(cfg, progress=None)  # the same Trainer the CLI and notebooks use
@@ -37,10 +40,7 @@ def _sdkit_seconds_per_step(model, data, steps, batch_size, resolution, out):
 
 def bench_train(quick: bool = True, repeats: int = 3, json_path=None) -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from bare_loop import bare_train
-
-    from .models import PRESETS
-    from .quickstart import write_shapes_folder
+    from bare_loop import bare_train  # bench/bare_loop.py: the reference loop, beside the package
     mini_ok = (Path(PRESETS["mini"]["path"]()) / "model_index.json").is_file()
     model = "tiny" if quick or not mini_ok else "mini"
     steps, batch = (12, 8) if quick else (40, 64)

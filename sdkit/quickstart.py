@@ -1,7 +1,7 @@
 """The README's main job: a real, short LoRA training offline, with samples and a loss plot written to runs/.
 
 Uses the mini pipeline and the glyph set from data_samples/ when they are there; otherwise a tiny random
-pipeline (make-tiny) and a small generated folder of coloured shapes, so that it runs on any fresh machine.
+pipeline (make-tiny) and a small generated folder of colored shapes, so that it runs on any fresh machine.
 """
 from __future__ import annotations
 
@@ -14,25 +14,27 @@ from PIL import Image
 
 from .config import TrainConfig
 from .models import PRESETS, data_samples_dir
+from .plot import save_loss_plot
+from .train.loop import train
 
 __all__ = ["quickstart", "write_shapes_folder"]
 
-SHAPE_COLOURS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (235, 210, 40)}
+SHAPE_COLORS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (235, 210, 40)}
 
 
 def write_shapes_folder(folder, n: int = 16, size: int = 32, prefix: str = "shape") -> Path:
-    """A folder of n PNGs (a coloured square or disc on white) with .txt captions: a dataset made on the spot."""
+    """A folder of n PNGs (a colored square or disc on white) with .txt captions: a dataset made on the spot."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     yy, xx = np.mgrid[:size, :size]
     for i in range(n):
-        name = list(SHAPE_COLOURS)[i % len(SHAPE_COLOURS)]
-        shape = ("square", "disc")[(i // len(SHAPE_COLOURS)) % 2]
+        name = list(SHAPE_COLORS)[i % len(SHAPE_COLORS)]
+        shape = ("square", "disc")[(i // len(SHAPE_COLORS)) % 2]
         img = np.full((size, size, 3), 240, np.uint8)
         if shape == "square":
-            img[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = SHAPE_COLOURS[name]
+            img[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = SHAPE_COLORS[name]
         else:
-            img[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2] = SHAPE_COLOURS[name]
+            img[(yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2] = SHAPE_COLORS[name]
         Image.fromarray(img).save(folder / f"{prefix}_{i:02d}.png")
         (folder / f"{prefix}_{i:02d}.txt").write_text(f"a {name} {shape} on a white background\n")
     return folder
@@ -40,8 +42,6 @@ def write_shapes_folder(folder, n: int = 16, size: int = 32, prefix: str = "shap
 
 def quickstart(out="runs/quickstart", steps=None, quick=None):
     """Train a LoRA for a few minutes on CPU (seconds with SDKIT_QUICK=1); print where everything is."""
-    from . import train
-    from .plot import save_loss_plot
     quick = os.environ.get("SDKIT_QUICK") == "1" if quick is None else quick
     mini = PRESETS["mini"]["path"]()
     glyphs = data_samples_dir() / "glyph"
@@ -54,7 +54,7 @@ def quickstart(out="runs/quickstart", steps=None, quick=None):
         prompts = ["a red square on a white background", "a blue disc on a white background"]
     steps = steps or (10 if quick else 200)
     # LoRA on attention + feed-forward + the transformer projections + ResNet convs: a new shape is learned in
-    # ~100 CPU steps on the mini pipeline (attention alone learns colours and words, not a new outline).
+    # ~100 CPU steps on the mini pipeline (attention alone learns colors and words, not a new outline).
     targets = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2,proj_in,proj_out,conv1,conv2"
     config = TrainConfig(model=model, data=str(data), method="lora", steps=steps, lr=1e-3, lora_rank=8,
                          lora_targets=targets, cache_latents=True, batch_size=8,

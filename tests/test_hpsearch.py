@@ -12,7 +12,7 @@ from conftest import PYTHON, ROOT, write_captioned_folder
 from sdkit import Run
 from sdkit.cli import main
 from sdkit.evaluate.metrics import load_folder, validation_loss
-from sdkit.hpsearch import SearchError, load_result, load_spec, search, summary_table
+from sdkit.search import SearchError, load_result, load_spec, search, summary_table
 
 pytest.importorskip("optuna")
 

@@ -8,7 +8,8 @@ import sys
 
 from ..config import ConfigError
 from ..data.scan import DataError
-from ..hpsearch import search, summary_table
+from ..search.report import summary_table
+from ..search.study import search
 from ..models import ModelNotFound
 
 __all__ = ["add_search_command"]
