@@ -1,6 +1,6 @@
 """Build the two small sample datasets in data_samples/, procedurally (no downloads, CC0):
 
-- subject/: 10 pictures of one made-up object, the "sks" toy — a teal five-pointed star with an orange centre —
+- subject/: 10 pictures of one made-up object, the "sks" toy — a teal five-pointed star with an orange center —
   in different places, sizes, rotations and on different backgrounds; multi-token captions ("sks star, ...").
 - style/:   12 pictures of different things (house, tree, fish, ...) in one made-up drawing style, "zqx style":
   thick dark-purple outlines, flat pastel fills, diagonal hatching on a cream paper; sentence captions.
@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .models import data_samples_dir
 
 __all__ = ["build_subject", "build_style", "build_all"]
 
@@ -59,7 +61,7 @@ def _background(kind: str, rng) -> Image.Image:
     return im
 
 
-SUBJECT_SCENES = [  # (background, where, centre x, centre y, radius, rotation)
+SUBJECT_SCENES = [  # (background, where, center x, center y, radius, rotation)
     ("plain", "centred", .5, .5, .32, 0.0), ("stripes", "top left", .32, .32, .22, 0.3),
     ("checkerboard", "bottom right", .66, .66, .24, 0.6), ("gradient", "centred, large", .5, .5, .44, 0.15),
     ("dots", "left", .3, .55, .2, 0.9), ("grass", "on the grass", .55, .68, .2, 0.0),
@@ -92,11 +94,11 @@ PAPER, INK = (250, 240, 215), (70, 30, 90)
 PASTELS = [(250, 180, 190), (170, 220, 200), (190, 200, 250), (250, 220, 150), (210, 180, 240), (180, 230, 160)]
 
 
-def _hatch(im, box, colour):
+def _hatch(im, box, color):
     d = ImageDraw.Draw(im)
     x0, y0, x1, y1 = box
     for x in range(int(x0) - int(y1 - y0), int(x1), 14):
-        d.line((x, y1, x + (y1 - y0), y0), fill=colour, width=3)
+        d.line((x, y1, x + (y1 - y0), y0), fill=color, width=3)
 
 
 def _draw_thing(name, d, im, fill):
@@ -179,7 +181,6 @@ def build_style(out) -> Path:
 
 
 def build_all(data_samples=None) -> list:
-    from .models import data_samples_dir
     root = Path(data_samples) if data_samples else data_samples_dir()
     return [build_subject(root / "subject"), build_style(root / "style")]
 

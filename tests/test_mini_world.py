@@ -31,7 +31,7 @@ def test_held_out_combos_never_appear_in_training_yet_every_part_is_seen():
     seen = {world.label_key(lab) for lab in labels if "digit" in lab}
     assert not seen & held
     train = world.train_combos()
-    for d in range(10):                                         # every digit in every fg and every bg colour
+    for d in range(10):                                         # every digit in every fg and every bg color
         assert {f for dd, f, _ in train if dd == d} == set(world.COLORS)
         assert {b for dd, _, b in train if dd == d} == set(world.COLORS)
     _, _, hl = world.build_dataset(seed=0, n=200, split="heldout")
@@ -71,7 +71,7 @@ def test_canonical_prompts_cover_train_and_held_out_combos():
     assert all(CANONICAL.match(p) for p, _ in train + held)
 
 
-def test_render_paints_palette_colours():
+def test_render_paints_palette_colors():
     gx, _ = world.mnist_split("heldout")
     img = world.render(gx[0], "red", "blue")
     assert img.shape == (32, 32, 3) and img.dtype == np.uint8
@@ -104,7 +104,7 @@ def heldout_pictures():
     return heldout_digit_set(seed=1, shapes_per_class=25)      # 1,000 held-out real digits + 100 shapes
 
 
-def test_shipped_judge_reads_held_out_real_digits_and_colours(heldout_pictures):
+def test_shipped_judge_reads_held_out_real_digits_and_colors(heldout_pictures):
     from sdkit.mini.judge import Judge
 
     imgs, labels = heldout_pictures

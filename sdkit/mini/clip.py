@@ -18,6 +18,7 @@ The heads are discarded after training.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -26,10 +27,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import world
+from ..data.captions import TOKENIZER_DIR
+from .world import (CAPTION_STYLES, COLORS, DATA_SAMPLES, GLYPHS, IMAGE_SIZE, SHAPES, build_dataset, caption,
+                    color_pairs, glyph_index, held_out_combos, label_key, train_combos, warmup_cosine)
 
-CLIP_DIR = world.DATA_SAMPLES / "mini-clip"
-TOKENIZER_DIR = Path(__file__).resolve().parents[1] / "assets" / "clip_tokenizer"
+CLIP_DIR = DATA_SAMPLES / "mini-clip"
 MAX_LEN = 77
 
 
@@ -49,8 +51,6 @@ def save_tokenizer(out_dir) -> Path:
     ``tokenizer.save_pretrained`` in transformers 5 writes a 3.6 MB tokenizer.json instead; both load with
     ``CLIPTokenizer.from_pretrained(out_dir)`` and give the same token ids (checked here).
     """
-    import shutil
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("tokenizer.json", "special_tokens_map.json"):
@@ -74,7 +74,7 @@ def mini_clip_config(text_hidden: int = 64, text_layers: int = 3, vision_hidden:
     text = dict(vocab_size=49408, hidden_size=text_hidden, intermediate_size=4 * text_hidden,
                 num_hidden_layers=text_layers, num_attention_heads=4, max_position_embeddings=MAX_LEN,
                 hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
-    vision = dict(image_size=world.IMAGE_SIZE, patch_size=patch_size, num_channels=3, hidden_size=vision_hidden,
+    vision = dict(image_size=IMAGE_SIZE, patch_size=patch_size, num_channels=3, hidden_size=vision_hidden,
                   intermediate_size=4 * vision_hidden, num_hidden_layers=vision_layers, num_attention_heads=4,
                   hidden_act="quick_gelu")
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64)
@@ -83,7 +83,7 @@ def mini_clip_config(text_hidden: int = 64, text_layers: int = 3, vision_hidden:
 def pixel_values(images) -> torch.Tensor:
     """uint8 Nx32x32x3 -> float (N, 3, 32, 32) in [-1, 1] (mean 0.5, std 0.5: the saved image processor's rule)."""
     arr = np.asarray(images)
-    if arr.ndim != 4 or arr.shape[1:] != (world.IMAGE_SIZE, world.IMAGE_SIZE, 3):
+    if arr.ndim != 4 or arr.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
         raise ValueError(f"images of shape {arr.shape}: expected N x 32 x 32 x 3 uint8")
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
@@ -131,7 +131,7 @@ def export_text_encoder(clip_dir=None, out_dir=None, dtype=torch.float16) -> Pat
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def text_embeds(model, tokenizer, captions: list[str], batch_size: int = 256) -> torch.Tensor:
-    """(N, projection_dim) L2-normalised text embeddings."""
+    """(N, projection_dim) L2-normalized text embeddings."""
     out = []
     for i in range(0, len(captions), batch_size):
         enc = tokenize(tokenizer, captions[i : i + batch_size])
@@ -142,7 +142,7 @@ def text_embeds(model, tokenizer, captions: list[str], batch_size: int = 256) ->
 
 @torch.no_grad()
 def image_embeds(model, images, batch_size: int = 256) -> torch.Tensor:
-    """(N, projection_dim) L2-normalised image embeddings of uint8 Nx32x32x3 pictures."""
+    """(N, projection_dim) L2-normalized image embeddings of uint8 Nx32x32x3 pictures."""
     dtype = next(model.parameters()).dtype
     out = []
     for i in range(0, len(images), batch_size):
@@ -162,14 +162,14 @@ def zero_shot(model, tokenizer, images, labels: list[dict]) -> dict:
     -> {"digit_acc" (glyph right), "fg_acc", "bg_acc", "joint_acc", "n"}.
     """
     prompts, keys = [], []
-    for g in list(range(10)) + list(world.SHAPES):
-        for f, b in world.color_pairs():
-            prompts.append(world.caption(g, f, b))
+    for g in list(range(10)) + list(SHAPES):
+        for f, b in color_pairs():
+            prompts.append(caption(g, f, b))
             keys.append((g, f, b))
     t = text_embeds(model, tokenizer, prompts)                                       # (784, D)
     v = image_embeds(model, images)                                                  # (N, D)
     best = (v @ t.T).argmax(dim=1).tolist()
-    truth = [world.label_key(lab) for lab in labels]
+    truth = [label_key(lab) for lab in labels]
     g = np.array([keys[b][0] == k[0] for b, k in zip(best, truth)])
     f = np.array([keys[b][1] == k[1] for b, k in zip(best, truth)])
     bg = np.array([keys[b][2] == k[2] for b, k in zip(best, truth)])
@@ -195,10 +195,10 @@ def token_state_probe(model, tokenizer, seed: int = 0) -> dict:
     """
     def data(held):
         caps, labs = [], []
-        for (d, f, b) in (sorted(world.held_out_combos()) if held else world.train_combos()):
-            for s in range(world.CAPTION_STYLES):
-                caps.append(world.caption(d, f, b, s))
-                labs.append((d, world.COLORS.index(f), world.COLORS.index(b)))
+        for (d, f, b) in (sorted(held_out_combos()) if held else train_combos()):
+            for s in range(CAPTION_STYLES):
+                caps.append(caption(d, f, b, s))
+                labs.append((d, COLORS.index(f), COLORS.index(b)))
         return mean_token_states(model, tokenizer, caps), torch.tensor(labs)
 
     xtr, ytr = data(False)
@@ -233,27 +233,27 @@ def train_clip(out_dir=CLIP_DIR, steps: int = 1400, seed: int = 0, batch_size: i
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     # 1. data: generated pictures, tokenized captions, label ids for soft targets and the auxiliary heads
-    images, captions, labels = world.build_dataset(seed=seed, n=n_train, split="train")
+    images, captions, labels = build_dataset(seed=seed, n=n_train, split="train")
     tok = load_tokenizer()
     enc = tokenize(tok, captions)
     pv_all = pixel_values(images)                                                    # (N, 3, 32, 32)
-    keys = [world.label_key(lab) for lab in labels]
+    keys = [label_key(lab) for lab in labels]
     key_id = {k: i for i, k in enumerate(sorted(set(keys), key=str))}
     kid = torch.tensor([key_id[k] for k in keys])
-    y_glyph = torch.tensor([world.glyph_index(lab) for lab in labels])
-    y_fg = torch.tensor([world.COLORS.index(lab["fg"]) for lab in labels])
-    y_bg = torch.tensor([world.COLORS.index(lab["bg"]) for lab in labels])
+    y_glyph = torch.tensor([glyph_index(lab) for lab in labels])
+    y_fg = torch.tensor([COLORS.index(lab["fg"]) for lab in labels])
+    y_bg = torch.tensor([COLORS.index(lab["bg"]) for lab in labels])
     short_len = int(enc.attention_mask.sum(1).max()) + 4                             # longest caption + a few pads
     print(f"[clip] {n_train} pictures built ({time.time() - t0:.0f} s)", flush=True)
     # 2. model + auxiliary heads (not saved)
     model = CLIPModel(mini_clip_config())
     hidden = model.config.text_config.hidden_size
     vhidden = model.config.vision_config.hidden_size
-    aux = nn.ModuleDict({"glyph": nn.Linear(hidden, len(world.GLYPHS)), "fg": nn.Linear(hidden, 8), "bg": nn.Linear(hidden, 8),
-                         "v_glyph": nn.Linear(vhidden, len(world.GLYPHS))})
+    aux = nn.ModuleDict({"glyph": nn.Linear(hidden, len(GLYPHS)), "fg": nn.Linear(hidden, 8), "bg": nn.Linear(hidden, 8),
+                         "v_glyph": nn.Linear(vhidden, len(GLYPHS))})
     params = list(model.parameters()) + list(aux.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    sched = world.warmup_cosine(opt, steps, 0.1)
+    sched = warmup_cosine(opt, steps, 0.1)
     print(f"[clip] {sum(p.numel() for p in model.parameters()):,} params "
           f"(token embedding {model.text_model.embeddings.token_embedding.weight.numel():,}); "
           f"{steps} steps x {batch_size}", flush=True)
@@ -297,8 +297,8 @@ def train_clip(out_dir=CLIP_DIR, steps: int = 1400, seed: int = 0, batch_size: i
     train_seconds = time.time() - t0
     # 6. evaluate: zero-shot reading of new pictures (seen combos / held-out combos), token-state probe
     model.eval()
-    vx, _, vl = world.build_dataset(seed=seed + 1, n=1000, split="val")
-    hx, _, hl = world.build_dataset(seed=seed + 1, n=500, split="heldout")
+    vx, _, vl = build_dataset(seed=seed + 1, n=1000, split="val")
+    hx, _, hl = build_dataset(seed=seed + 1, n=500, split="heldout")
     metrics = {"zero_shot_val": zero_shot(model, tok, vx, vl), "zero_shot_heldout_combos": zero_shot(model, tok, hx, hl),
                "token_state_probe_heldout_combos": token_state_probe(model, tok), "train_seconds": round(train_seconds, 1),
                "steps": steps, "batch_size": batch_size, "seed": seed, "torch_threads": torch.get_num_threads()}
@@ -310,7 +310,7 @@ def train_clip(out_dir=CLIP_DIR, steps: int = 1400, seed: int = 0, batch_size: i
     try:
         from transformers import CLIPImageProcessor
 
-        CLIPImageProcessor(size={"shortest_edge": world.IMAGE_SIZE}, crop_size={"height": world.IMAGE_SIZE, "width": world.IMAGE_SIZE},
+        CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE}, crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
                            image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(str(out))
     except Exception as e:  # pragma: no cover - the processor is a convenience only
         print(f"[clip] note: image processor not saved ({e})")

@@ -2,9 +2,9 @@
 
 The judge (sdkit.mini.judge) knows digits and the four shapes but not the star, so star fidelity is measured by a
 small star-vs-rest detector trained here, in a second, on rendered pictures: real stars (sdkit.mini.glyph) against
-circles, squares, triangles, crosses and MNIST digits, all in random colour pairs. It reads the *shape* only: each
-picture becomes a foreground mask (pixels far from the border colour), so colours cannot give the answer, and the
-training pictures are degraded (thicker/thinner strokes, blur, colour blotches, noise) to look like generated ones.
+circles, squares, triangles, crosses and MNIST digits, all in random color pairs. It reads the *shape* only: each
+picture becomes a foreground mask (pixels far from the border color), so colors cannot give the answer, and the
+training pictures are degraded (thicker/thinner strokes, blur, color blotches, noise) to look like generated ones.
 
     det = StarDetector.fit()
     det.star_rate(images)             # fraction of pictures that show a star
@@ -13,7 +13,7 @@ training pictures are degraded (thicker/thinner strokes, blur, colour blotches, 
 What `measure` reports (pictures drawn with fixed seeds, so two models are compared on the same noise):
 - fidelity          star rate of the concept prompts ("a red sks glyph on a blue background")
 - class_star_rate   star rate of the class prompt alone ("a glyph"): the concept taking over its class (bleeding)
-- control_acc       the judge's accuracy (glyph and both colours) on unrelated prompts whose answer it knows
+- control_acc       the judge's accuracy (glyph and both colors) on unrelated prompts whose answer it knows
 - control_drift     1 - cosine (mini CLIP image tower) between the control pictures and the base model's
 """
 from __future__ import annotations
@@ -21,8 +21,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from . import world
+from ..evaluate.metrics import mini_extractors
+from ..sample import generate
 from .glyph import CLASS_WORD, TOKEN, star_alpha
+from .judge import Judge
+from .world import SHAPES, color_pairs, mnist_split, render
 
 __all__ = ["foreground_mask", "StarDetector", "measure", "CONCEPT_PROMPTS", "CONTROL_PROMPTS"]
 
@@ -37,8 +40,8 @@ CONTROL_LABELS = [{"shape": "circle", "fg": "red", "bg": "blue"}, {"digit": 7, "
 
 
 def foreground_mask(images) -> np.ndarray:
-    """uint8 (N, H, W, 3) -> float (N, H, W) in [0, 1]: distance of each pixel from the border's median colour,
-    divided by the largest distance in the picture (so colour pairs of any contrast give the same mask)."""
+    """uint8 (N, H, W, 3) -> float (N, H, W) in [0, 1]: distance of each pixel from the border's median color,
+    divided by the largest distance in the picture (so color pairs of any contrast give the same mask)."""
     x = np.asarray(images, dtype=np.float32)
     border = np.concatenate([x[:, 0], x[:, -1], x[:, :, 0], x[:, :, -1]], axis=1)     # (N, 4W, 3)
     bg = np.median(border, axis=1)[:, None, None, :]
@@ -47,7 +50,7 @@ def foreground_mask(images) -> np.ndarray:
 
 
 def _degrade(im: np.ndarray, rng) -> np.ndarray:
-    """Make a crisp render look like a small model's picture: thicker or thinner strokes, blur, colour blotches and
+    """Make a crisp render look like a small model's picture: thicker or thinner strokes, blur, color blotches and
     pixel noise (generated glyphs are soft-edged and their backgrounds are not flat)."""
     x = im.astype(np.float32)
     bg = np.median(np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]]), axis=0)
@@ -74,8 +77,8 @@ class StarDetector:
     @staticmethod
     def training_set(n: int = 600, seed: int = 0, augment: bool = True):
         rng = np.random.default_rng([seed, 99])
-        pairs = world.color_pairs()
-        digits, _ = world.mnist_split("train")
+        pairs = color_pairs()
+        digits, _ = mnist_split("train")
         images, labels = [], []
         for i in range(n):
             fg, bg = pairs[rng.integers(len(pairs))]
@@ -83,10 +86,10 @@ class StarDetector:
             if kind == 0:
                 glyph, y = star_alpha(rng), 1
             elif kind == 1:
-                glyph, y = world.SHAPES[rng.integers(len(world.SHAPES))], 0
+                glyph, y = SHAPES[rng.integers(len(SHAPES))], 0
             else:
                 glyph, y = digits[rng.integers(len(digits))], 0
-            im = world.render(glyph, fg, bg, rng=rng) if isinstance(glyph, str) else world.render(glyph, fg, bg)
+            im = render(glyph, fg, bg, rng=rng) if isinstance(glyph, str) else render(glyph, fg, bg)
             images.append(_degrade(im, rng) if augment else im)
             labels.append(y)
         return np.stack(images), np.array(labels)
@@ -124,8 +127,6 @@ def measure(pipe, base_images=None, seeds=(0, 1, 2, 3), steps: int = 25, guidanc
             extractors=None, scale: float | None = None) -> dict:
     """Fidelity and bleeding of `pipe` (see the module docstring). base_images: the base model's control pictures
     (the "control" entry of a previous report) for control_drift. scale: LoRA strength (None: as loaded)."""
-    from ..sample import generate
-    from .judge import Judge
     det = detector or StarDetector.fit()
     kw = dict(steps=steps, guidance_scale=guidance_scale,
               cross_attention_kwargs={"scale": scale} if scale is not None else None)
@@ -138,7 +139,6 @@ def measure(pipe, base_images=None, seeds=(0, 1, 2, 3), steps: int = 25, guidanc
            "images": {"concept": concept, "class": klass, "control": control}}
     if base_images is not None:
         if extractors is None:
-            from ..evaluate.metrics import mini_extractors
             extractors = mini_extractors(judge=False)
         a = torch.as_tensor(extractors.image(control)).float()
         b = torch.as_tensor(extractors.image(base_images)).float()

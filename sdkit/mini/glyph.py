@@ -37,7 +37,7 @@ def star_alpha(rng: np.random.Generator | None = None) -> np.ndarray:
 
 
 def glyph_images(n: int = 24, seed: int = 0):
-    """n star pictures in varied (fg, bg) colour pairs -> (uint8 N x 32 x 32 x 3, captions, labels)."""
+    """n star pictures in varied (fg, bg) color pairs -> (uint8 N x 32 x 32 x 3, captions, labels)."""
     rng = np.random.default_rng([seed, 4242])
     pairs = [(f, b) for f in COLORS for b in COLORS if f != b]
     order = rng.permutation(len(pairs))[:n]

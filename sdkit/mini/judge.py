@@ -1,11 +1,11 @@
 """The judge: an independent reader of mini-world pictures, trained only on real data.
 
 It answers "does this picture show what its prompt asked for?" with three readings:
-- glyph: a small CNN trained on the 4,000 *real* MNIST train digits (recoloured onto palette colours,
+- glyph: a small CNN trained on the 4,000 *real* MNIST train digits (recolored onto palette colors,
   shifted, blurred, noised: still real digits, never generated pictures) and on procedural shapes;
-  it sees a colour-free "ink map" (distance of each pixel from the background colour), so it reads any colour pair;
-- bg: nearest palette colour to the median of the border pixels;
-- fg: nearest palette colour to the median of the pixels farthest from the background colour.
+  it sees a color-free "ink map" (distance of each pixel from the background color), so it reads any color pair;
+- bg: nearest palette color to the median of the border pixels;
+- fg: nearest palette color to the median of the pixels farthest from the background color.
 
     >>> from sdkit.mini.judge import Judge
     >>> judge = Judge.load()                         # data_samples/judge/
@@ -24,16 +24,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import world
+from .world import (COLORS, DATA_SAMPLES, GLYPHS, IMAGE_SIZE, PALETTE, SHAPES, color_pairs, glyph_index, mnist_split,
+                    render, shape_glyph, warmup_cosine)
 
-JUDGE_DIR = world.DATA_SAMPLES / "judge"
-_PALETTE_T = torch.tensor(list(world.PALETTE.values()), dtype=torch.float32)     # (8, 3)
+JUDGE_DIR = DATA_SAMPLES / "judge"
+_PALETTE_T = torch.tensor(list(PALETTE.values()), dtype=torch.float32)     # (8, 3)
 FG_TOP_K = 24            # pixels farthest from the background whose median names the foreground
 INK_FLOOR = 40.0         # ink map = distance / max(max distance, INK_FLOOR): a blank picture stays blank
 
 
 # ---------------------------------------------------------------------------------------------
-# Pre-processing: pictures -> float tensors, background colour, ink map, colour names
+# Pre-processing: pictures -> float tensors, background color, ink map, color names
 # ---------------------------------------------------------------------------------------------
 def to_float_images(images) -> torch.Tensor:
     """uint8 NxHxWx3 array, float array in [0, 1], or a list of PIL images -> float (N, 32, 32, 3) in 0..255."""
@@ -43,8 +44,8 @@ def to_float_images(images) -> torch.Tensor:
         arrs = []
         for im in images:
             im = im.convert("RGB")
-            if im.size != (world.IMAGE_SIZE, world.IMAGE_SIZE):
-                im = im.resize((world.IMAGE_SIZE, world.IMAGE_SIZE), Image.BICUBIC)
+            if im.size != (IMAGE_SIZE, IMAGE_SIZE):
+                im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)
             arrs.append(np.asarray(im))
         images = np.stack(arrs)
     if isinstance(images, torch.Tensor):
@@ -52,7 +53,7 @@ def to_float_images(images) -> torch.Tensor:
     arr = np.asarray(images)
     if arr.ndim == 3:
         arr = arr[None]
-    if arr.ndim != 4 or arr.shape[1:] != (world.IMAGE_SIZE, world.IMAGE_SIZE, 3):
+    if arr.ndim != 4 or arr.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
         raise ValueError(f"images of shape {arr.shape}: expected N x 32 x 32 x 3 (uint8, or floats in [0, 1]) or a list of PIL images")
     x = torch.from_numpy(arr.astype(np.float32))
     if arr.dtype != np.uint8:
@@ -67,7 +68,7 @@ def background_rgb(x: torch.Tensor) -> torch.Tensor:
 
 
 def ink_map(x: torch.Tensor, bg: torch.Tensor | None = None) -> torch.Tensor:
-    """(N, 32, 32, 3) -> (N, 1, 32, 32): distance from the background colour, scaled to ~[0, 1]."""
+    """(N, 32, 32, 3) -> (N, 1, 32, 32): distance from the background color, scaled to ~[0, 1]."""
     bg = background_rgb(x) if bg is None else bg
     d = (x - bg[:, None, None, :]).norm(dim=-1)                                      # (N, 32, 32)
     scale = d.flatten(1).amax(dim=1).clamp_min(INK_FLOOR)                            # (N,)
@@ -77,7 +78,7 @@ def ink_map(x: torch.Tensor, bg: torch.Tensor | None = None) -> torch.Tensor:
 def nearest_color(rgb: torch.Tensor) -> list[str]:
     """(N, 3) RGB -> nearest palette names (Euclidean in RGB)."""
     idx = torch.cdist(rgb, _PALETTE_T).argmin(dim=1)
-    return [world.COLORS[i] for i in idx.tolist()]
+    return [COLORS[i] for i in idx.tolist()]
 
 
 def name_colors(x: torch.Tensor) -> tuple[list[str], list[str]]:
@@ -96,7 +97,7 @@ def name_colors(x: torch.Tensor) -> tuple[list[str], list[str]]:
 class GlyphCNN(nn.Module):
     """(N, 1, 32, 32) ink map -> (N, 14) logits over "0".."9", circle, square, triangle, cross."""
 
-    def __init__(self, width: int = 32, n_classes: int = len(world.GLYPHS)):
+    def __init__(self, width: int = 32, n_classes: int = len(GLYPHS)):
         super().__init__()
         w = width
 
@@ -119,7 +120,7 @@ class GlyphCNN(nn.Module):
 
 
 class Judge:
-    """Reads a mini-world picture: glyph (digit or shape) with confidence, foreground and background colour."""
+    """Reads a mini-world picture: glyph (digit or shape) with confidence, foreground and background color."""
 
     def __init__(self, model: GlyphCNN, config: dict | None = None):
         self.model = model.eval()
@@ -145,8 +146,8 @@ class Judge:
                 "build one with sdkit.mini.judge.train_judge(out_dir) or sdkit.mini.build_parts()"
             )
         config = json.loads(cfile.read_text())
-        if list(config.get("classes", [])) != list(world.GLYPHS):
-            raise ValueError(f"{cfile}: classes {config.get('classes')} differ from this sdkit's {list(world.GLYPHS)}")
+        if list(config.get("classes", [])) != list(GLYPHS):
+            raise ValueError(f"{cfile}: classes {config.get('classes')} differ from this sdkit's {list(GLYPHS)}")
         model = GlyphCNN(config["width"])
         model.load_state_dict({k: v.float() for k, v in load_file(str(wfile)).items()})
         return cls(model, config)
@@ -157,7 +158,7 @@ class Judge:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(path / "model.safetensors"))
-        cfg = {"arch": "sdkit-mini-judge", "classes": list(world.GLYPHS), "palette": dict(world.PALETTE),
+        cfg = {"arch": "sdkit-mini-judge", "classes": list(GLYPHS), "palette": dict(PALETTE),
                "fg_top_k": FG_TOP_K, **self.config}
         (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         return path
@@ -168,7 +169,7 @@ class Judge:
         """(N, 14) class probabilities."""
         x = to_float_images(images)
         out = [F.softmax(self.model(ink_map(x[i : i + batch_size])), dim=1) for i in range(0, len(x), batch_size)]
-        return torch.cat(out) if out else torch.zeros(0, len(world.GLYPHS))
+        return torch.cat(out) if out else torch.zeros(0, len(GLYPHS))
 
     def predict(self, images) -> list[dict]:
         """-> one dict per picture: {digit (int, or None for a shape), digit_conf, shape (or None), glyph, fg, bg}."""
@@ -179,7 +180,7 @@ class Judge:
         preds = []
         for c, p, f, b in zip(cls_.tolist(), conf.tolist(), fg, bg):
             preds.append({"digit": c if c < 10 else None, "digit_conf": float(p),
-                          "shape": world.GLYPHS[c] if c >= 10 else None, "glyph": world.GLYPHS[c], "fg": f, "bg": b})
+                          "shape": GLYPHS[c] if c >= 10 else None, "glyph": GLYPHS[c], "fg": f, "bg": b})
         return preds
 
     def score(self, images, labels: list[dict]) -> dict:
@@ -187,7 +188,7 @@ class Judge:
         preds = self.predict(images)
         if len(preds) != len(labels):
             raise ValueError(f"{len(preds)} images but {len(labels)} labels: expected one label per image")
-        g = np.array([world.GLYPHS.index(p["glyph"]) == world.glyph_index(lab) for p, lab in zip(preds, labels)])
+        g = np.array([GLYPHS.index(p["glyph"]) == glyph_index(lab) for p, lab in zip(preds, labels)])
         f = np.array([p["fg"] == lab["fg"] for p, lab in zip(preds, labels)])
         b = np.array([p["bg"] == lab["bg"] for p, lab in zip(preds, labels)])
         n = len(labels)
@@ -204,25 +205,25 @@ def heldout_digit_set(seed: int = 0, shapes_per_class: int = 50):
     -> (uint8 Nx32x32x3, labels). The digits were never seen by the judge during training.
     """
     rng = np.random.default_rng([seed, 99])
-    gx, gy = world.mnist_split("heldout")
-    pairs = world.color_pairs()
+    gx, gy = mnist_split("heldout")
+    pairs = color_pairs()
     imgs, labels = [], []
     for g, d in zip(gx, gy):
         f, b = pairs[rng.integers(len(pairs))]
-        imgs.append(world.render(g, f, b))
+        imgs.append(render(g, f, b))
         labels.append({"digit": int(d), "fg": f, "bg": b})
-    for s in world.SHAPES:
+    for s in SHAPES:
         for _ in range(shapes_per_class):
             f, b = pairs[rng.integers(len(pairs))]
-            imgs.append(world.render(s, f, b, rng=rng))
+            imgs.append(render(s, f, b, rng=rng))
             labels.append({"shape": s, "fg": f, "bg": b})
     return np.stack(imgs), labels
 
 
 def _augment_batch(alpha: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """(N, 32, 32) alpha maps -> (N, 1, 32, 32) ink maps of recoloured, blurred, noised, warped pictures."""
+    """(N, 32, 32) alpha maps -> (N, 1, 32, 32) ink maps of recolored, blurred, noised, warped pictures."""
     n = alpha.shape[0]
-    pairs = torch.tensor([[world.COLORS.index(f), world.COLORS.index(b)] for f, b in world.color_pairs()])
+    pairs = torch.tensor([[COLORS.index(f), COLORS.index(b)] for f, b in color_pairs()])
     pick = pairs[torch.randint(len(pairs), (n,), generator=g)]
     fg, bg = _PALETTE_T[pick[:, 0]], _PALETTE_T[pick[:, 1]]                          # (N, 3) each
     # 1. affine warp of the glyph: rotation +-12 deg, scale 0.85-1.1, shift +-2.5 px
@@ -258,15 +259,15 @@ def train_judge(out_dir=JUDGE_DIR, seed: int = 0, steps: int = 450, batch_size: 
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     # 1. the training glyph bank: 4,000 real digits + 400 procedural variants of each shape, as 32x32 alpha
-    gx, gy = world.mnist_split("train")
-    shapes = [(world.shape_glyph(s, rng), 10 + i) for i, s in enumerate(world.SHAPES) for _ in range(400)]
+    gx, gy = mnist_split("train")
+    shapes = [(shape_glyph(s, rng), 10 + i) for i, s in enumerate(SHAPES) for _ in range(400)]
     bank28 = np.concatenate([gx.astype(np.float32) / 255.0, np.stack([s for s, _ in shapes])])
     bank = torch.from_numpy(np.pad(bank28, ((0, 0), (2, 2), (2, 2))))                # (5600, 32, 32)
     ybank = torch.from_numpy(np.concatenate([gy, [c for _, c in shapes]]).astype(np.int64))
-    # 2. model, optimiser, warm-up + cosine schedule
+    # 2. model, optimizer, warm-up + cosine schedule
     model = GlyphCNN(width)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    sched = world.warmup_cosine(opt, steps, 0.15)
+    sched = warmup_cosine(opt, steps, 0.15)
     print(f"[judge] training on {len(bank)} real digits + shapes, {steps} steps x {batch_size}, "
           f"{sum(p.numel() for p in model.parameters()):,} params", flush=True)
     model.train()
@@ -293,8 +294,8 @@ def train_judge(out_dir=JUDGE_DIR, seed: int = 0, steps: int = 450, batch_size: 
     digits = [i for i, lab in enumerate(labels) if "digit" in lab]
     s_dig = judge.score(imgs[digits], [labels[i] for i in digits])
     s_all = judge.score(imgs, labels)
-    gxh, gyh = world.mnist_split("heldout")
-    plain = np.stack([world.render(g_, "white", "black") for g_ in gxh])
+    gxh, gyh = mnist_split("heldout")
+    plain = np.stack([render(g_, "white", "black") for g_ in gxh])
     plain_acc = judge.score(plain, [{"digit": int(d), "fg": "white", "bg": "black"} for d in gyh])["digit_acc"]
     elapsed = time.time() - t0
     judge.config.update({
@@ -304,7 +305,7 @@ def train_judge(out_dir=JUDGE_DIR, seed: int = 0, steps: int = 450, batch_size: 
         "train_seconds": round(elapsed, 1), "torch_threads": torch.get_num_threads(),
     })
     judge.save(out_dir)
-    print(f"[judge] held-out real digits (coloured): {s_dig['digit_acc']:.4f}; white-on-black: {plain_acc:.4f}; "
+    print(f"[judge] held-out real digits (colored): {s_dig['digit_acc']:.4f}; white-on-black: {plain_acc:.4f}; "
           f"with shapes: {s_all['digit_acc']:.4f}; fg {s_all['fg_acc']:.4f} bg {s_all['bg_acc']:.4f} "
           f"joint {s_all['joint_acc']:.4f}; {elapsed:.0f} s -> {out_dir}", flush=True)
     return s_dig["digit_acc"]

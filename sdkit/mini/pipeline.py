@@ -1,7 +1,7 @@
 """The mini pipeline: mini CLIP text tower + mini VAE + a UNet trained from scratch by `sdkit.train`.
 
     python -m sdkit mini build      # data -> judge -> CLIP -> VAE -> UNet -> data_samples/mini-sd
-    python -m sdkit mini eval       # digit / colour / joint accuracy with the judge, guidance and steps sweeps
+    python -m sdkit mini eval       # digit / color / joint accuracy with the judge, guidance and steps sweeps
 
 The result is a plain diffusers `StableDiffusionPipeline` folder: `StableDiffusionPipeline.from_pretrained(
 "data_samples/mini-sd")` and `sdkit.load_pipeline("mini")` load it.
@@ -17,7 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import world
+from ..config import TrainConfig
+from ..data.captions import TOKENIZER_DIR
+from ..models import load_pipeline
+from ..train.checkpoint import find_checkpoint, read_checkpoint
+from ..train.loop import train
+from .clip import export_text_encoder
+from .judge import Judge
+from .parts import build_parts
+from .world import canonical_prompts, export_folder
 
 __all__ = ["UNET_CONFIG", "RECIPE", "assemble", "train_unet", "export_trained", "evaluate", "build"]
 
@@ -39,9 +47,8 @@ RECIPE = dict(method="full", steps=2400, batch_size=64, lr=1e-3, lr_scheduler="c
 
 
 def assemble(out_dir, root="data_samples", seed: int = 0) -> Path:
-    """A pipeline folder with the trained text encoder + VAE and a *randomly initialised* UNet (to train)."""
+    """A pipeline folder with the trained text encoder + VAE and a *randomly initialized* UNet (to train)."""
     from diffusers import DDIMScheduler, UNet2DConditionModel
-    from .clip import export_text_encoder
     out, root = Path(out_dir), Path(root)
     if out.exists():
         shutil.rmtree(out)
@@ -69,7 +76,6 @@ def assemble(out_dir, root="data_samples", seed: int = 0) -> Path:
 
 def train_unet(init_dir, data_dir, run_dir, resume: bool = False, **overrides):
     """Train the UNet from scratch with sdkit's one loop; returns the Run."""
-    from .. import TrainConfig, train
     cfg = TrainConfig(model=str(init_dir), data=str(data_dir), out=str(run_dir),
                       resume="latest" if resume else None, **{**RECIPE, **overrides})
     return train(cfg, progress="print")
@@ -79,7 +85,6 @@ def export_trained(run, init_dir, out_dir, use_ema: bool = True, dtype=torch.flo
     """Write the final pipeline: init_dir's parts + the trained UNet (EMA weights by default), fp16 on disk."""
     from diffusers import StableDiffusionPipeline
     from safetensors.torch import load_file
-    from ..train.checkpoint import find_checkpoint, read_checkpoint
     pipe = StableDiffusionPipeline.from_pretrained(str(init_dir), safety_checker=None, requires_safety_checker=False)
     ck_path = find_checkpoint(run.path, "latest")
     state = load_file(ck_path / "trainable.safetensors")
@@ -101,7 +106,6 @@ def export_trained(run, init_dir, out_dir, use_ema: bool = True, dtype=torch.flo
     pipe.save_pretrained(str(tmp))
     # transformers 5 writes the tokenizer as a 3.6 MB tokenizer.json; vocab.json + merges.txt (the same CLIP BPE,
     # 1.5 MB) keep the folder inside its size budget and load in every transformers version.
-    from ..models import TOKENIZER_DIR
     for name in ("vocab.json", "merges.txt"):
         shutil.copy(TOKENIZER_DIR / name, tmp / "tokenizer" / name)
     (tmp / "tokenizer" / "tokenizer.json").unlink(missing_ok=True)
@@ -129,15 +133,13 @@ def evaluate(model="mini", n_seen: int = 120, seeds=(0, 1, 2, 3), steps: int = 2
              judge_dir=None, seed: int = 0) -> dict:
     """Judge the pipeline on canonical prompts: `n_seen` seen combinations (a fixed random subset) and every
     held-out combination, each drawn once per seed. Returns digit/fg/bg/joint accuracy for both."""
-    from ..models import load_pipeline
-    from .judge import Judge
     pipe = load_pipeline(model) if isinstance(model, (str, os.PathLike)) else model
     pipe.to(torch.float32)
     judge = Judge.load(judge_dir)
-    seen = list(world.canonical_prompts(held_out=False))
+    seen = list(canonical_prompts(held_out=False))
     rng = np.random.default_rng(seed)
     seen = [seen[i] for i in sorted(rng.choice(len(seen), size=min(n_seen, len(seen)), replace=False))]
-    held = list(world.canonical_prompts(held_out=True))
+    held = list(canonical_prompts(held_out=True))
     report = {"steps": steps, "guidance": guidance, "seeds": list(seeds)}
     for name, pairs in (("seen", seen), ("held_out", held)):
         t0 = time.time()
@@ -150,7 +152,6 @@ def evaluate(model="mini", n_seen: int = 120, seeds=(0, 1, 2, 3), steps: int = 2
 
 def build(root="data_samples", work=None, steps=None, quick=False, skip_parts=False) -> dict:
     """Everything from nothing: world -> judge -> CLIP -> VAE (build_parts) -> UNet -> root/mini-sd, timed."""
-    from . import build_parts
     root = Path(root)
     work = Path(work or Path(os.environ.get("SDKIT_CACHE", Path.home() / ".cache" / "sdkit")) / "mini-build")
     report = {}
@@ -164,7 +165,7 @@ def build(root="data_samples", work=None, steps=None, quick=False, skip_parts=Fa
     if not (data_dir / "labels.jsonl").is_file() or sum(1 for _ in data_dir.glob("*.png")) != n:
         if data_dir.exists():
             shutil.rmtree(data_dir)
-        world.export_folder(data_dir, n=n, seed=0, split="train")
+        export_folder(data_dir, n=n, seed=0, split="train")
     report["data_seconds"] = round(time.time() - t0, 1)
     t0 = time.time()
     print("== mini world: UNet (sdkit.train, method full) ==", flush=True)

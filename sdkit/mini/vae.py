@@ -20,9 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import world
+from .judge import Judge
+from .world import DATA_SAMPLES, IMAGE_SIZE, build_dataset, warmup_cosine
 
-VAE_DIR = world.DATA_SAMPLES / "mini-vae"
+VAE_DIR = DATA_SAMPLES / "mini-vae"
 
 
 def mini_vae(block_out_channels=(32, 64, 64)):
@@ -34,7 +35,7 @@ def mini_vae(block_out_channels=(32, 64, 64)):
         in_channels=3, out_channels=3, latent_channels=4,
         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
         block_out_channels=tuple(block_out_channels), layers_per_block=1, norm_num_groups=32,
-        sample_size=world.IMAGE_SIZE,
+        sample_size=IMAGE_SIZE,
     )
 
 
@@ -97,7 +98,7 @@ def measure_scaling_factor(vae, images, batch_size: int = 256) -> float:
 
 
 def _ink_mask(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [-1, 1] -> (B, 1, H, W) float mask of pixels that differ from the median border colour."""
+    """(B, 3, H, W) in [-1, 1] -> (B, 1, H, W) float mask of pixels that differ from the median border color."""
     border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)   # (B, 3, 4W)
     bg = border.median(dim=-1).values[..., None, None]                                      # (B, 3, 1, 1)
     return ((x - bg).abs().sum(1, keepdim=True) > 0.1).float()
@@ -120,12 +121,12 @@ def train_vae(out_dir=VAE_DIR, steps: int = 1600, seed: int = 0, batch_size: int
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     # 1. data
-    images, _, _ = world.build_dataset(seed=seed, n=n_train, split="train")
+    images, _, _ = build_dataset(seed=seed, n=n_train, split="train")
     x_all = to_tensor(images)                                                        # (N, 3, 32, 32) in [-1, 1]
     vae = mini_vae()
     n_params = sum(p.numel() for p in vae.parameters())
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
-    sched = world.warmup_cosine(opt, steps, 0.05)
+    sched = warmup_cosine(opt, steps, 0.05)
     print(f"[vae] {n_train} pictures; {n_params:,} params; {steps} steps x {batch_size}", flush=True)
     vae.train()
     hist = {"l1": 0.0, "mse": 0.0, "kl": 0.0}
@@ -135,8 +136,8 @@ def train_vae(out_dir=VAE_DIR, steps: int = 1600, seed: int = 0, batch_size: int
         post = vae.encode(x).latent_dist                                             # mean/logvar (B, 4, 8, 8)
         rec = vae.decode(post.sample(generator=None)).sample                         # (B, 3, 32, 32)
         # 3. loss: ink-weighted L1 + MSE, edge L1, small KL (per-image sum, like SD). Ink pixels (those that
-        #    differ from the picture's border colour) are a small share of the picture but carry its meaning:
-        #    weight them x(1 + ink_weight), or the glyph's colour is the last thing the VAE learns.
+        #    differ from the picture's border color) are a small share of the picture but carry its meaning:
+        #    weight them x(1 + ink_weight), or the glyph's color is the last thing the VAE learns.
         w = 1.0 + ink_weight * _ink_mask(x)                                          # (B, 1, 32, 32)
         w = w / w.mean()
         l1 = ((rec - x).abs() * w).mean()
@@ -164,14 +165,12 @@ def train_vae(out_dir=VAE_DIR, steps: int = 1600, seed: int = 0, batch_size: int
     vae.eval()
     sf = measure_scaling_factor(vae, images[:2000])
     vae.register_to_config(scaling_factor=sf)
-    vx, _, vl = world.build_dataset(seed=seed + 1, n=1000, split="val")
+    vx, _, vl = build_dataset(seed=seed + 1, n=1000, split="val")
     recon = decode(vae, encode(vae, vx))
     metrics = {"psnr_val": psnr(vx, recon), "scaling_factor": sf, "params": n_params,
                "train_seconds": round(train_seconds, 1), "steps": steps, "batch_size": batch_size, "seed": seed,
                "torch_threads": torch.get_num_threads()}
     try:
-        from .judge import Judge
-
         judge = Judge.load(judge_dir)
         metrics["judge_joint_originals"] = judge.score(vx, vl)["joint_acc"]
         metrics["judge_joint_reconstructions"] = judge.score(recon, vl)["joint_acc"]

@@ -1,7 +1,7 @@
-"""The mini world's data: coloured handwritten digits and shapes on coloured backgrounds, 32x32 RGB.
+"""The mini world's data: colored handwritten digits and shapes on colored backgrounds, 32x32 RGB.
 
 Every picture is one glyph (a real MNIST digit, or a procedural circle/square/triangle/cross) in a
-foreground colour on a background colour, both from a fixed 8-colour palette, with a caption such as
+foreground color on a background color, both from a fixed 8-color palette, with a caption such as
 ``a red seven on a blue background``. Some (digit, fg, bg) combinations never appear in training
 (:func:`held_out_combos`), so a model's grasp of composition can be measured on them.
 
@@ -44,7 +44,7 @@ SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 GLYPHS: tuple[str, ...] = tuple(str(d) for d in range(10)) + SHAPES
 
 IMAGE_SIZE = 32          # output images are 32x32x3
-GLYPH_SIZE = 28          # MNIST glyphs are 28x28, pasted centred (2 px margin)
+GLYPH_SIZE = 28          # MNIST glyphs are 28x28, pasted centered (2 px margin)
 CAPTION_STYLES = 3       # style 0 is canonical
 _SPLIT_SEED = 12345      # fixes the MNIST train/heldout split forever (not the build seed)
 
@@ -69,7 +69,7 @@ def all_combos() -> list[tuple[int, str, str]]:
 def held_out_combos() -> frozenset[tuple[int, str, str]]:
     """The 56 (digit, fg, bg) combinations (10 %) that never appear in the training split.
 
-    Rule (deterministic, no RNG): digit d holds out colour pairs number i with (i + 3 d) % 10 == 0.
+    Rule (deterministic, no RNG): digit d holds out color pairs number i with (i + 3 d) % 10 == 0.
     Every digit keeps 50+ of its 56 pairs, so every digit, every fg and every bg is still seen in training.
     """
     pairs = color_pairs()
@@ -84,7 +84,7 @@ def train_combos() -> list[tuple[int, str, str]]:
 
 def _check_color(name: str) -> None:
     if name not in PALETTE:
-        raise ValueError(f"unknown colour {name!r}: expected one of {list(PALETTE)}")
+        raise ValueError(f"unknown color {name!r}: expected one of {list(PALETTE)}")
 
 
 def caption(digit: int | str, fg: str, bg: str, style: int = 0) -> str:
@@ -97,7 +97,7 @@ def caption(digit: int | str, fg: str, bg: str, style: int = 0) -> str:
     _check_color(fg)
     _check_color(bg)
     if fg == bg:
-        raise ValueError(f"foreground and background are both {fg!r}: the world never draws a glyph on its own colour")
+        raise ValueError(f"foreground and background are both {fg!r}: the world never draws a glyph on its own color")
     if isinstance(digit, str) and digit in SHAPES:
         word, style1 = digit, f"a {digit} in {fg} on {bg}"
     elif isinstance(digit, (int, np.integer)) and 0 <= int(digit) <= 9:
@@ -191,7 +191,7 @@ def shape_glyph(shape: str, rng: np.random.Generator | None = None) -> np.ndarra
         angle = np.deg2rad(rng.uniform(-12, 12))
         dx, dy = rng.uniform(-1, 1, size=2)
     ss = 4
-    t = (np.arange(GLYPH_SIZE * ss) + 0.5) / ss - GLYPH_SIZE / 2      # pixel-centre coords, 0 at centre
+    t = (np.arange(GLYPH_SIZE * ss) + 0.5) / ss - GLYPH_SIZE / 2      # pixel-center coords, 0 at center
     yy, xx = np.meshgrid(t - dy, t - dx, indexing="ij")
     c, s = np.cos(angle), np.sin(angle)
     u = (c * xx + s * yy) / (10.0 * scale)                            # 1.0 == 10 px (MNIST digits span ~20 px)
@@ -214,12 +214,12 @@ def _rgb(color) -> np.ndarray:
         return np.asarray(PALETTE[color], np.float32)
     arr = np.asarray(color, np.float32)
     if arr.shape != (3,):
-        raise ValueError(f"colour {color!r}: expected a palette name or an (R, G, B) triple")
+        raise ValueError(f"color {color!r}: expected a palette name or an (R, G, B) triple")
     return arr
 
 
 def render(glyph, fg, bg, shift: tuple[int, int] = (0, 0), rng: np.random.Generator | None = None) -> np.ndarray:
-    """Draw a glyph in colour ``fg`` on ``bg`` -> uint8 32x32x3.
+    """Draw a glyph in color ``fg`` on ``bg`` -> uint8 32x32x3.
 
     glyph: a 28x28 (or 784) MNIST array (0-255, or 0-1 floats) or a shape name (drawn with ``rng``'s variation).
     fg, bg: palette names or RGB triples. shift: (dy, dx) pixels, within +-2 (the 28->32 margin).
@@ -344,7 +344,7 @@ def preview_grid(images: np.ndarray, cols: int = 8) -> np.ndarray:
 
 
 def build_world(out_dir=WORLD_DIR, seed: int = 0) -> Path:
-    """Write the world's small shipped artefacts: the MNIST cache, held-out combos, a preview grid."""
+    """Write the world's small shipped artifacts: the MNIST cache, held-out combos, a preview grid."""
     from PIL import Image
 
     out = Path(out_dir)

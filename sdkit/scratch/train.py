@@ -6,7 +6,7 @@ Written plainly so notebook 01 can show the loop: every line of `train` is one i
     unet = ScratchUNet(ScratchUNetConfig.like_sd("mini", cross_attention_dim=64))
     result = train(unet, data, steps=600, batch_size=32)  # epsilon loss, caption dropout, AdamW, optional EMA
     latents = sample(result.model, text_states, data.null_state, steps=25, guidance=5.0, seeds=[0, 1])
-    scores = judge_unet(result.model, n_prompts=40)      # digit / colour / joint accuracy with the judge
+    scores = judge_unet(result.model, n_prompts=40)      # digit / color / joint accuracy with the judge
 
 What is trained, and on which loss (there is no discriminator, no "validator" network):
 
@@ -24,7 +24,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import schedules
+from ..mini.clip import load_clip, load_tokenizer
+from ..mini.judge import Judge
+from ..mini.vae import decode as vae_decode
+from ..mini.vae import encode as vae_encode
+from ..mini.vae import load_vae
+from ..mini.world import build_dataset, canonical_prompts
+from .schedules import alphas_cumprod as alphas_cumprod_of  # alphas_cumprod_of(betas); `alphas_cumprod` names tensors
+from .schedules import ddim_step, ddim_timesteps, eps_to_x0, q_sample, scaled_linear_betas
 
 __all__ = ["MiniData", "TrainResult", "encode_text", "encode_dataset", "train", "diffusion_loss", "sample",
            "pipeline_timesteps", "decode", "judge_unet", "sd_alphas_cumprod"]
@@ -32,7 +39,7 @@ __all__ = ["MiniData", "TrainResult", "encode_text", "encode_dataset", "train", 
 
 def sd_alphas_cumprod(num_steps: int = 1000) -> torch.Tensor:
     """Stable Diffusion's noise schedule (scaled-linear betas 0.00085 -> 0.012), as the mini pipeline uses."""
-    return schedules.alphas_cumprod(schedules.scaled_linear_betas(num_steps))
+    return alphas_cumprod_of(scaled_linear_betas(num_steps))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -54,11 +61,10 @@ class MiniData:
 
 def _text_parts(text_encoder=None, tokenizer=None):
     """The mini CLIP's text tower and the real CLIP tokenizer (what the mini pipeline's text_encoder holds)."""
-    from ..mini import clip as mini_clip
     if tokenizer is None:
-        tokenizer = mini_clip.load_tokenizer()
+        tokenizer = load_tokenizer()
     if text_encoder is None:
-        text_encoder = mini_clip.load_clip().text_model
+        text_encoder = load_clip().text_model
     return text_encoder, tokenizer
 
 
@@ -79,11 +85,9 @@ def encode_text(prompts, text_encoder=None, tokenizer=None, batch_size: int = 25
 def encode_dataset(n: int = 4000, seed: int = 0, split: str = "train", vae=None, text_encoder=None,
                    tokenizer=None) -> MiniData:
     """Mini-world pictures -> latents (mini VAE) and caption states (mini CLIP text tower), once, up front."""
-    from ..mini import vae as mini_vae
-    from ..mini import world
-    images, captions, labels = world.build_dataset(seed=seed, n=n, split=split)
-    vae = vae if vae is not None else mini_vae.load_vae()
-    latents = mini_vae.encode(vae, images)                     # (N, 4, 8, 8), x scaling_factor
+    images, captions, labels = build_dataset(seed=seed, n=n, split=split)
+    vae = vae if vae is not None else load_vae()
+    latents = vae_encode(vae, images)                     # (N, 4, 8, 8), x scaling_factor
     distinct = sorted(set(captions))                           # ~2k distinct captions: encode each once
     row = {c: i for i, c in enumerate(distinct)}
     states = encode_text(distinct, text_encoder, tokenizer)    # (U, 77, 64)
@@ -99,7 +103,7 @@ def diffusion_loss(unet, x0, context, alphas_cumprod, generator=None):
     """The whole objective of Stable Diffusion: predict the noise that was added. Returns (loss, parts)."""
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)                # epsilon ~ N(0, I)
     t = torch.randint(0, len(alphas_cumprod), (len(x0),), generator=generator).to(x0.device)  # a step per sample
-    x_t = schedules.q_sample(x0, t, noise, alphas_cumprod)                          # noised latents
+    x_t = q_sample(x0, t, noise, alphas_cumprod)                          # noised latents
     eps_pred = _predict(unet, x_t, t, context)                                      # (batch, 4, 8, 8)
     loss = F.mse_loss(eps_pred, noise)
     return loss, {"x_t": x_t, "t": t, "noise": noise, "eps_pred": eps_pred}
@@ -108,7 +112,7 @@ def diffusion_loss(unet, x0, context, alphas_cumprod, generator=None):
 @dataclass
 class TrainResult:
     model: torch.nn.Module       # the weights to sample with (the EMA copy when ema_decay is set)
-    raw: torch.nn.Module         # the weights the optimiser updated
+    raw: torch.nn.Module         # the weights the optimizer updated
     losses: list                 # one float per step
     seconds: float
     steps: int
@@ -177,7 +181,7 @@ def _predict(unet, x, t, context):
 
 def pipeline_timesteps(steps: int, num_train_steps: int = 1000, steps_offset: int = 1) -> list:
     """The timesteps diffusers' DDIMScheduler visits ("leading" spacing + steps_offset): 961, 921, ..., 1 for 25."""
-    return [t + steps_offset for t in schedules.ddim_timesteps(steps, num_train_steps)]
+    return [t + steps_offset for t in ddim_timesteps(steps, num_train_steps)]
 
 
 @torch.no_grad()
@@ -216,15 +220,14 @@ def sample(unet, text_states, null_state, steps: int = 25, guidance: float = 5.0
         if prev_t < 0:
             prev_t = -1 if set_alpha_to_one else 0
         if callback is not None:
-            callback(i, t, x, schedules.eps_to_x0(x, eps, t, ac))
-        x = schedules.ddim_step(eps, t, prev_t, x, ac)
+            callback(i, t, x, eps_to_x0(x, eps, t, ac))
+        x = ddim_step(eps, t, prev_t, x, ac)
     return x
 
 
 def decode(latents, vae=None) -> np.ndarray:
     """Latents -> uint8 pictures N x 32 x 32 x 3 with the mini VAE."""
-    from ..mini import vae as mini_vae
-    return mini_vae.decode(vae if vae is not None else mini_vae.load_vae(), latents.float().cpu())
+    return vae_decode(vae if vae is not None else load_vae(), latents.float().cpu())
 
 
 def judge_unet(unet, n_prompts: int = 40, seeds=(0,), steps: int = 25, guidance: float = 5.0, held_out: bool = False,
@@ -232,9 +235,7 @@ def judge_unet(unet, n_prompts: int = 40, seeds=(0,), steps: int = 25, guidance:
     """Sample canonical prompts (a fixed random subset of `n_prompts`), decode, and score with the judge.
 
     Returns digit/fg/bg/joint accuracy plus the images and prompts, so a notebook can show what was scored."""
-    from ..mini import world
-    from ..mini.judge import Judge
-    pairs = list(world.canonical_prompts(held_out=held_out))
+    pairs = list(canonical_prompts(held_out=held_out))
     rng = np.random.default_rng(seed)
     pairs = [pairs[i] for i in sorted(rng.choice(len(pairs), size=min(n_prompts, len(pairs)), replace=False))]
     prompts = [p for p, _ in pairs for _ in seeds]
