@@ -83,8 +83,6 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
                     f"the model would learn wrong colors for them. Fix: color_jitter=0 for color-dependent concepts.")
         return None
 
-    colour_warning = color_warning  # the old name: sdkit/train/loop.py still calls it; remove once it calls color_warning
-
     def transform(self, im: Image.Image, size, rng=None) -> torch.Tensor:
         """Resize to cover `size` = (w, h), crop (center, or random with rng), flip, jitter -> (3, h, w) in [-1, 1]."""
         return self._transform(im, size, rng)[0]
