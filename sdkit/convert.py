@@ -30,6 +30,9 @@ from pathlib import Path
 
 import torch
 
+from .export import save_single_file
+from .models import load_pipeline, resolve_model
+
 __all__ = ["UnsafePickleError", "ConvertError", "Summary", "DTYPES", "PICKLE_SUFFIXES", "load_checkpoint",
            "unwrap_tensors", "save_safetensors", "folder_to_single_file", "single_file_to_folder", "convert"]
 
@@ -226,8 +229,6 @@ def _stored_dtype(folder: Path):
 
 def folder_to_single_file(src, out, dtype=None) -> Summary:
     """A diffusers pipeline folder (or preset name) -> one .safetensors in the original SD layout."""
-    from .export import save_single_file
-    from .models import load_pipeline, resolve_model
     target = resolve_model(str(src))
     dtype = dtype or (_stored_dtype(Path(target)) if Path(target).is_dir() else None) or torch.float32
     pipe = load_pipeline(target)
@@ -241,7 +242,6 @@ def single_file_to_folder(src, out, config_from=DEFAULT_CONFIG_FROM, dtype=None,
     `config_from`: a pipeline of the same architecture whose configs, tokenizer and scheduler are used (a preset,
     a local folder, or a Hub id such as the SD 1.5 default, which needs the network)."""
     from diffusers import StableDiffusionPipeline
-    from .models import resolve_model
     src, out = Path(src), Path(out)
     if src.suffix == ".safetensors":  # keys and dtypes from the header: no second copy of a 4 GB file in memory
         from safetensors import safe_open

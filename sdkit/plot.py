@@ -7,6 +7,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from .run import Run
+from .sample import label_grid
+
 __all__ = ["loss_figure", "save_loss_plot", "figure_png", "LossPlot", "run_figure", "samples_over_steps",
            "checkpoint_rows", "show"]
 
@@ -55,7 +58,6 @@ def figure_png(fig) -> bytes:
 
 def save_loss_plot(run, path=None) -> Path:
     """Write the run's loss curve to RUN/loss.png (or `path`)."""
-    from .run import Run
     run = run if isinstance(run, Run) else Run(run)
     path = Path(path or run.path / "loss.png")
     path.write_bytes(figure_png(loss_figure(run.metrics, title=f"{run.path.name}: training loss")))
@@ -135,7 +137,6 @@ def samples_over_steps(run, max_rows=8, cell=96):
 
     With more sample steps than `max_rows`, the first, the last and evenly spaced ones between are shown."""
     from PIL import Image
-    from .sample import label_grid
     samples = run.samples
     steps = [s for s in sorted(samples) if samples[s]]
     if not steps:
@@ -167,8 +168,6 @@ def show(run_or_path, log_scale=False):
     over steps, and a checkpoints table. In a notebook as plain images and HTML (no widgets: works in nbconvert
     and after a tab reload); elsewhere it writes RUN/loss.png and RUN/samples_over_steps.png and prints paths."""
     import html
-
-    from .run import Run
     run = run_or_path if isinstance(run_or_path, Run) else Run(run_or_path)
     fig = run_figure(run, log_scale=log_scale)
     grid = samples_over_steps(run)

@@ -12,7 +12,7 @@ import json
 from ..evaluate import table
 from ..evaluate.diagnose import diagnose
 from ..evaluate.grid import checkpoint_grid
-from ..evaluate.metrics import evaluate_run
+from ..evaluate.run_metrics import evaluate_run
 from ..run import Run
 
 __all__ = ["add_eval_commands"]

@@ -9,8 +9,9 @@ Command line: python -m sdkit eval grid|metrics|diagnose RUN ...  (sdkit/evaluat
 """
 from .diagnose import Diagnosis, diagnose, diagnose_series, smooth
 from .grid import CheckpointSwitcher, Grid, checkpoint_grid, grid_browser, select_checkpoints, xyz_grid
-from .metrics import (Extractors, FeatureModule, evaluate_run, fid_kid, hub_extractors, inception_score,
-                      mini_extractors, pick_best, psnr, validation_loss, vae_reconstruction)
+from .metrics import (Extractors, FeatureModule, fid_kid, hub_extractors, inception_score, mini_extractors, psnr,
+                      validation_loss, vae_reconstruction)
+from .run_metrics import evaluate_run, pick_best
 
 __all__ = ["checkpoint_grid", "xyz_grid", "grid_browser", "Grid", "CheckpointSwitcher", "select_checkpoints",
            "evaluate_run", "validation_loss", "vae_reconstruction", "fid_kid", "inception_score", "psnr",

@@ -13,6 +13,15 @@ import os
 
 from .bootstrap import NotebookSetup, setup_notebook
 from .env import environment, environment_report
+from .text import TextPanel
+
+try:  # the widgets need ipywidgets (in requirements.txt); without it the text panel still works
+    from .dashboard import Dashboard, TrainPanel
+    from .form import ConfigForm
+except ImportError as e:  # pragma: no cover - a bare install without ipywidgets
+    WIDGETS_IMPORT_ERROR = e
+else:
+    WIDGETS_IMPORT_ERROR = None
 
 __all__ = ["train_panel", "ConfigForm", "Dashboard", "TrainPanel", "TextPanel", "environment_report", "environment",
            "widgets_available", "setup_notebook", "NotebookSetup"]
@@ -43,24 +52,9 @@ def train_panel(config=None, ui: str = "auto", display: bool = True):
     """
     ok, why = widgets_available() if ui == "auto" else (ui == "widgets", "ui='text'")
     if not ok:
-        from .text import TextPanel
         return TextPanel(config, reason=why)
-    from .dashboard import TrainPanel
     panel = TrainPanel(config)
     if display:
         from IPython.display import display as show
         show(panel.widget)
     return panel
-
-
-def __getattr__(name):  # widgets imported on first use, so `import sdkit.ui` works without ipywidgets
-    if name in ("ConfigForm",):
-        from .form import ConfigForm
-        return ConfigForm
-    if name in ("Dashboard", "TrainPanel"):
-        from . import dashboard
-        return getattr(dashboard, name)
-    if name == "TextPanel":
-        from .text import TextPanel
-        return TextPanel
-    raise AttributeError(name)

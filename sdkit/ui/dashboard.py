@@ -23,7 +23,9 @@ import time
 
 import ipywidgets as W
 
+from ..plot import LossPlot
 from ..train.callbacks import Callback
+from ..train.loop import train
 from .form import ConfigForm
 
 __all__ = ["Dashboard", "TrainPanel", "stop_help"]
@@ -91,7 +93,6 @@ class Dashboard(Callback):
     """Progress (step, it/s, ETA), live loss plot, step-0 baseline beside the latest samples, checkpoints, log."""
 
     def __init__(self, min_redraw_s: float = 0.3, max_draw_share: float = 0.03, max_messages: int = 12):
-        from ..plot import LossPlot
         self.min_redraw_s = min_redraw_s      # at most ~3 redraws a second
         self.max_draw_share = max_draw_share  # and never more than this share of the wall time
         self.max_messages = max_messages
@@ -266,7 +267,6 @@ class TrainPanel:
 
         Call it in a cell: it runs in the foreground on the kernel's main thread, where ■ stops it everywhere.
         """
-        import sdkit
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("TrainPanel.run() must run on the kernel's main thread: call panel.run() in a cell.")
         if self.running:
@@ -279,7 +279,7 @@ class TrainPanel:
         self._sync_buttons()
         self.notice.value = ""
         try:
-            self.last_run = sdkit.train(cfg, callbacks=[self.dashboard], stop_event=self.stop_event, progress=None)
+            self.last_run = train(cfg, callbacks=[self.dashboard], stop_event=self.stop_event, progress=None)
             return self.last_run
         except KeyboardInterrupt:
             self.dashboard.log("warning", "interrupted at once (second ■): the last checkpoint is the one listed.")

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import time
 
+from ..config import TrainConfig
+from ..plot import save_loss_plot, show
 from ..train.callbacks import Callback
+from ..train.loop import train
 
 __all__ = ["TextPanel", "LossPngCallback"]
 
@@ -29,7 +32,6 @@ class LossPngCallback(Callback):
         self._write(trainer)
 
     def _write(self, trainer):
-        from ..plot import save_loss_plot
         save_loss_plot(trainer.run_dir)
         self._last = time.time()
 
@@ -38,7 +40,6 @@ class TextPanel:
     """train_panel's fallback when there are no widgets: `run()` prints progress lines and saves PNGs."""
 
     def __init__(self, config=None, reason: str = ""):
-        from ..config import TrainConfig
         self._config = config or TrainConfig()
         self.reason = reason
         self.last_run = None
@@ -55,9 +56,8 @@ class TextPanel:
         self._config = cfg
 
     def run(self, config=None):
-        import sdkit
         if config is not None:
             self._config = config
-        self.last_run = sdkit.train(self.config, callbacks=[LossPngCallback()], progress="print")
-        sdkit.show(self.last_run)
+        self.last_run = train(self.config, callbacks=[LossPngCallback()], progress="print")
+        show(self.last_run)
         return self.last_run
