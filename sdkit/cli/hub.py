@@ -10,6 +10,8 @@ from pathlib import Path
 
 from ..hub import DEFAULT_LICENSE, HubError, push
 from ..models import ModelNotFound
+from ..registry import method_class, method_names
+from .export import export_formats
 
 __all__ = ["add_push_command"]
 
@@ -33,6 +35,11 @@ def _cmd_push(args):
     return 0
 
 
+def _default_formats_text() -> str:
+    """"lora diffusers,kohya; full pipeline; ..." from each registered method's `hub_formats`."""
+    return "; ".join(f"{name} {','.join(method_class(name).hub_formats)}" for name in method_names())
+
+
 def add_push_command(sub):
     """Add `push` to the `python -m sdkit` sub-parsers."""
     p = sub.add_parser("push", help="push a run to the Hugging Face Hub: exported weights, sample grid, model card "
@@ -41,9 +48,8 @@ def add_push_command(sub):
     p.add_argument("--repo", required=True, help="Hub model id, user/name (created if missing)")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--format", default=None,
-                   help="export format(s), comma-separated (kohya, diffusers, pipeline, single-file, embedding, "
-                        "lycoris, hypernetwork). Default by method: lora/locon diffusers,kohya; full/dreambooth "
-                        "pipeline; textual-inversion embedding; loha/lokr lycoris; hypernetwork hypernetwork")
+                   help=f"export format(s), comma-separated ({', '.join(export_formats())}). Default by method: "
+                        f"{_default_formats_text()}")
     p.add_argument("--checkpoint", default=None, help="step_XXXXXX or a checkpoint folder (default: latest)")
     p.add_argument("--license", default=None, help=f"license in the card (default: {DEFAULT_LICENSE} for SD 1.x)")
     p.add_argument("--base-model", default=None,
