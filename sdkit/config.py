@@ -237,6 +237,7 @@ class TrainConfig:
                               "or prior_preservation=False.")
         if not self.sample_seeds:
             raise ConfigError("sample_seeds: empty; expected at least one seed. Fix: sample_seeds=[0].")
+        method_class(self.method).check_config(self)  # what only the method knows (its own fields)
         return self
 
     def uses_prior_preservation(self) -> bool:

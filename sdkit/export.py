@@ -20,9 +20,8 @@ from pathlib import Path
 import torch
 
 from .methods import PIPELINE_EXPORTS, ExportInfo, make_method
-from .models import resolve_model
+from .models import is_sdxl_model, resolve_model
 from .run import Run
-from .sdxl import is_sdxl_model
 from .train.checkpoint import find_checkpoint
 from .version import __version__
 

@@ -56,6 +56,7 @@ class Method:
     recipe = {}                          # TrainConfig fields that work for it on the mini concept (notebook 07)
 
     def __init__(self, config):
+        self.check_config(config)
         self.config = config
 
     # ---- 1. what trains -------------------------------------------------------------------------------------

@@ -64,13 +64,20 @@ class HypernetworkMethod(Method):
     hub_tags = ("hypernetwork",)
     recipe = dict(lr=1e-3)
 
-    def __init__(self, config):
-        super().__init__(config)
-        self.layer_structure = parse_layer_structure(config.hypernetwork_layers)
+    @classmethod
+    def check_config(cls, config):
+        parse_layer_structure(config.hypernetwork_layers)
         check_activation(config.hypernetwork_activation)
+        if config.attention == "xformers":  # enabling xformers would replace the processors that carry the MLPs
+            raise ConfigError("attention: xformers replaces the attention processors that apply the hypernetwork. "
+                              "Fix: attention='sdpa' (PyTorch's fused attention, what the processor uses).")
         if config.train_text_encoder:
             raise ConfigError("train_text_encoder: a hypernetwork trains only its MLPs on the cross-attention "
                               "context; the text encoder stays frozen. Fix: train_text_encoder=False.")
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.layer_structure = parse_layer_structure(config.hypernetwork_layers)
 
     def trains_text_encoder(self) -> bool:
         return False
@@ -81,9 +88,6 @@ class HypernetworkMethod(Method):
 
     def setup(self, unet, text_encoder):
         c = self.config
-        if c.attention == "xformers":  # enabling xformers would replace the processors that carry the MLPs
-            raise ConfigError("attention: xformers replaces the attention processors that apply the hypernetwork. "
-                              "Fix: attention='sdpa' (PyTorch's fused attention, what the processor uses).")
         unet.requires_grad_(False)
         text_encoder.requires_grad_(False)
         dims = unet.config.cross_attention_dim

@@ -68,14 +68,18 @@ class TextualInversionMethod(Method):
     hub_tags = ("textual_inversion",)
     recipe = dict(token="<sks>", init_token="glyph", num_vectors=2, trigger_token="sks", lr=5e-3)
 
-    def __init__(self, config):
-        super().__init__(config)
+    @classmethod
+    def check_config(cls, config):
         token = config.token.strip()
         if not token:
             raise ConfigError("token: textual inversion needs the new token that names the concept. Fix: "
                               "--token '<sks>' (a string the tokenizer does not know yet).")
         if re.search(r"\s", token):
             raise ConfigError(f"token: {token!r} contains whitespace; a token is one word. Fix: e.g. '<sks>'.")
+
+    def __init__(self, config):
+        super().__init__(config)
+        token = config.token.strip()
         self.token = token
         self.tokens = [token] + [f"{token}_{i}" for i in range(1, config.num_vectors)]
         self.module = None
