@@ -189,6 +189,9 @@ def test_sdxl_lora_export_loads_in_a_fresh_sdxl_pipeline_and_draws_the_trained_i
 def test_sdxl_refuses_what_it_does_not_do_yet(xl_config):
     with pytest.raises(ConfigError, match="train_text_encoder.*not supported yet for SDXL.*train_text_encoder=False"):
         Trainer(xl_config.replace(train_text_encoder=True), progress=None)
+    # which methods train on SDXL is the method class's own `supports_sdxl`, not a list kept elsewhere
+    with pytest.raises(ConfigError, match="method: 'hypernetwork' is not supported yet for SDXL.*Fix: method='lora'"):
+        Trainer(xl_config.replace(method="hypernetwork"), progress=None)
 
 
 def test_dataset_geometry_without_pixels_equals_the_loaded_sample(data8):

@@ -33,11 +33,11 @@ from ..methods.base import make_method
 from ..models import load_pipeline, native_resolution, resolve_model
 from ..rng import Stream, sample_seed
 from ..run import Run, pipeline_from_checkpoint
-from .callbacks import (CheckpointCallback, MetricsCallback, PrintCallback, ProgressCallback, SampleCallback,
-                        TensorBoardCallback, ValidationCallback)
 from .accelerator import StopFlag, make_accelerator
 from .advice import TrainingError, nan_diagnosis, oom_advice
 from .batches import batches, micro_batch, posterior
+from .callbacks import (CheckpointCallback, MetricsCallback, PrintCallback, ProgressCallback, SampleCallback,
+                        TensorBoardCallback, ValidationCallback)
 from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, write_run_config
 from .ema import make_ema
 from .optim import make_lr_schedule, make_optimizer
