@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import find_checkpoint, read_checkpoint
 from ..config import TrainConfig
 from ..data.captions import TOKENIZER_DIR
 from ..models import load_pipeline
-from ..train.checkpoint import find_checkpoint, read_checkpoint
 from ..train.loop import train
 from .clip import export_text_encoder
 from .judge import Judge
