@@ -115,8 +115,8 @@ print(f"base model: fidelity {base['fidelity']:.2f}, 'a glyph' is a star {base['
 # show stars, the concept is bleeding. `with_control_prompts` builds that list.
 
 # %%
-from sdkit.train.dreambooth import with_control_prompts
-from sdkit.preflight import preflight, t4_preset
+from sdkit.methods.prior import with_control_prompts
+from sdkit.train.preflight import preflight, t4_preset
 
 config = sdkit.TrainConfig(
     model=MODEL, data="data_samples/glyph", out=str(WORK / "lora"),

@@ -80,11 +80,11 @@ print("model:", MODEL)
 # ## Step 1 · What fits a T4? The pre-flight estimate
 #
 # Before a 20-minute run dies of *CUDA out of memory*, add up what it will hold: weights, gradients, optimiser states,
-# activations. `sdkit.preflight` does it from the model's configs (no download), and proposes safer settings when a
+# activations. `sdkit.train.preflight` does it from the model's configs (no download), and proposes safer settings when a
 # config is over budget. Its constants are fitted to the published T4 measurements (9.92 / 11.17 / 15.79 GB).
 
 # %%
-from sdkit.preflight import preflight, t4_preset
+from sdkit.train.preflight import preflight, t4_preset
 sd15 = sdkit.TrainConfig(model="sd15", data="x", method="dreambooth", instance_prompt="a photo of sks dog",
                          class_prompt="a photo of a dog", resolution=512)
 print(preflight(sd15, budget_gb=15, bitsandbytes=True).text())
@@ -198,7 +198,7 @@ print(folder, "| max pixel difference to the trained model:", np.abs(a - b).max(
 
 # %%
 if REAL:
-    from sdkit.train.dreambooth import with_control_prompts
+    from sdkit.methods.prior import with_control_prompts
     MY_DATA = os.environ.get("SDKIT_MY_DATA", "/content/drive/MyDrive/my_subject")
     real = sdkit.TrainConfig(model="sd15", data=MY_DATA, method="dreambooth", resolution=512,
                              instance_prompt="a photo of sks dog", class_prompt="a photo of a dog",

@@ -9,17 +9,17 @@
 # ---
 
 # %% [markdown]
-# # 07 · More methods: textual inversion, LoHa/LoKr/LoCon, hypernetworks, full fine-tune, SDXL, search, convert, Hub
+# # 07 · More methods: textual inversion, LoHa/LoKr/LoCon/DoRA, hypernetworks, full fine-tune, SDXL, search, convert, Hub
 #
-# **The same concept — the sks glyph, a five-pointed star the mini model has never seen — taught seven ways, measured
-# the same way: what trains, how big the file is, how long it takes, how well it learned, and what it broke.**
+# **The same concept — the sks glyph, a five-pointed star the mini model has never seen — taught in every way sdkit
+# knows, measured the same way: what trains, how big the file is, how long it takes, how well it learned, and what it broke.**
 #
 # ### What you will learn
 # - what each method trains, in one line and one number (trainable parameters, counted);
 # - the comparison on one concept: file size, time, fidelity, bleeding (and why they rank as they do);
 # - textual inversion end to end: the embedding file AUTOMATIC1111 and diffusers load, and why it cannot draw what the
 #   model cannot already draw;
-# - LoHa and LoKr as formulas you can check against the file they export (LyCORIS layout);
+# - LoHa and LoKr as formulas you can check against the file they export (LyCORIS layout), and DoRA's file;
 # - hypernetworks (AUTOMATIC1111's 2022 method) and why LoRA replaced them;
 # - the EveryDream-style full fine-tune: text encoder, EMA, a validation split, checkpoints by the clock;
 # - SDXL on the same loop (two text encoders, size and crop conditioning), a hyper-parameter search, safe conversion
@@ -57,7 +57,8 @@ from IPython.display import display
 import sdkit
 from sdkit.sample import generate, label_grid
 from sdkit.export import export
-from sdkit.mini.compare import RECIPES, EXPORT_FORMAT, compare, table, train_method
+from sdkit.mini.compare import compare, recipes, table, train_method
+RECIPES = recipes()   # every registered method with a recipe (sdkit/methods/<name>.py), in registry order
 from sdkit.mini.concept import StarDetector, measure, CONCEPT_PROMPTS
 
 QUICK = NB.quick   # SDKIT_QUICK=1 — CI and classrooms: a few minutes on a CPU
@@ -82,13 +83,14 @@ print("model:", MODEL)
 # | `lokr` | a Kronecker product of a small and a (low-rank) larger matrix | `W + (α/r)·(W₁ ⊗ W₂)` |
 # | `textual-inversion` | new token vectors only; the model is frozen | a new word |
 # | `hypernetwork` | two small MLPs rewriting the text context before K and V | `c + mlp(c)` |
+# | `dora` | LoRA with the weight split into a magnitude per output row and a direction | `m·(W + (α/r)·B A) / ‖W + (α/r)·B A‖` |
 # | `full` | every UNet weight (and the text encoder if asked) | `W` itself |
 #
 # Numbers, not adjectives: the cell builds each method on the mini pipeline (no training) and counts what would train.
 
 # %%
 from sdkit.models import load_pipeline
-from sdkit.train.methods import make_method
+from sdkit.methods import make_method
 counts = {}
 for name, recipe in RECIPES.items():
     pipe = load_pipeline(MODEL)
@@ -101,7 +103,7 @@ for name, n in counts.items():
     print(f"{name:>18}: {n:>10,} trainable ({100 * n / unet_total:6.2f}% of the UNet's {unet_total:,})")
 
 # %% [markdown]
-# ## Step 2 · Seven methods, one concept, the same measurements
+# ## Step 2 · Every method, one concept, the same measurements
 #
 # `compare` trains each recipe on `data_samples/glyph` (24 stars, captions like *a white sks glyph on a black
 # background*) with the same steps, batch (8), seed and cached latents — only the method and its learning rate differ,
@@ -192,7 +194,7 @@ plt.show()
 
 # %%
 from sdkit.export import merged_pipeline
-from sdkit.train.lycoris import lycoris_delta
+from sdkit.methods.lycoris import lycoris_delta
 for kind in ("loha", "lokr"):
     run = sdkit.Run(WORK / "compare" / kind)
     tensors = load_file(str(export(run, "lycoris")))
@@ -208,6 +210,27 @@ for kind in ("loha", "lokr"):
           f"file vs training: max relative difference {rel:.1e} (fp16 file)")
 
 # %% [markdown]
+# DoRA trains `W' = m·(W + (α/r)·B A) / ‖W + (α/r)·B A‖` with the norm taken per **output row** (peft). The DoRA code
+# of AUTOMATIC1111 and ComfyUI normalises per **input column**, so no `lora_down`/`lora_up`/`dora_scale` file would give
+# them the weights sdkit trained; its `kohya` export therefore holds each layer's weight change itself
+# (`lora_unet_<module>.diff` = W' − W, which both apply as `W + strength·diff`; docs/EXPORT.md). The cell checks one
+# layer of the file against training, and shows the price: the file's size next to the LoRA's.
+
+# %%
+dora_run = sdkit.Run(WORK / "compare" / "dora")
+dora_file = export(dora_run, "kohya", out=WORK / "glyph-dora.safetensors")
+tensors = load_file(str(dora_file))
+base_sd, merged_sd = load_pipeline(MODEL).unet.state_dict(), merged_pipeline(dora_run).unet.state_dict()
+key = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+name = "lora_unet_" + key[:-len(".weight")].replace(".", "_")
+trained = merged_sd[key] - base_sd[key]
+rel = float((tensors[name + ".diff"].float() - trained).abs().max() / trained.abs().max())
+lora_file = export(sdkit.Run(WORK / "compare" / "lora"), "kohya", out=WORK / "glyph-lora.safetensors")
+print(f"dora: {len(tensors)} layers as .diff; attn2.to_k file vs training: max relative difference {rel:.1e} (fp16)")
+print(f"file sizes: DoRA {dora_file.stat().st_size / 1e6:.2f} MB (dense changes) vs LoRA "
+      f"{lora_file.stat().st_size / 1e6:.2f} MB (low-rank pairs)")
+
+# %% [markdown]
 # ## Step 5 · Hypernetworks: where LoRA came from
 #
 # In October 2022 AUTOMATIC1111's web UI learned to load and then train NovelAI-style *hypernetworks*: a pair of
@@ -217,7 +240,7 @@ for kind in ("loha", "lokr"):
 # `torch.load(..., weights_only=True)` reads it). Strength 0 is the base model — measured:
 
 # %%
-from sdkit.train.hypernetwork import set_hypernetwork_strength
+from sdkit.methods.hypernetwork import set_hypernetwork_strength
 hn_run = sdkit.Run(WORK / "compare" / "hypernetwork")
 pt = export(hn_run, "hypernetwork", out=WORK / "glyph.pt")
 data = torch.load(pt, weights_only=True)
@@ -267,7 +290,7 @@ print("from_pretrained:", type(StableDiffusionPipeline.from_pretrained(folder)).
 # `stabilityai/stable-diffusion-xl-base-1.0`.
 
 # %%
-from sdkit.sdxl import add_time_ids
+from sdkit.families import add_time_ids
 xl = sdkit.train(sdkit.TrainConfig(model="tiny-sdxl", data="data_samples/glyph", method="lora", steps=3 if QUICK else 20,
                                    resolution=32, lr=1e-3, out=str(WORK / "sdxl"), sample_steps=2, tensorboard=False,
                                    sample_at_start=False), progress=None)
@@ -286,7 +309,7 @@ print("checkpoints:", [p.name for p in xl.checkpoints], "| export:", export(xl, 
 # Search the learning rate first, on a log scale: it matters most, and good values span a factor of ten.
 
 # %%
-from sdkit import hpsearch
+from sdkit import search
 from sdkit.mini.glyph import write_glyph_set
 val = write_glyph_set(WORK / "glyph_val", n=4 if QUICK else 8, seed=1)     # stars no run trains on
 spec = {
@@ -298,11 +321,11 @@ spec = {
     "sampler": "random" if QUICK else "tpe", "trials": 2 if QUICK else 8, "seed": 0,
     "objective": "val_loss", "val_data": str(val), "out": str(WORK / "search"),
 }
-result = hpsearch.search(spec, progress=None)
-print(hpsearch.summary_table(result))
+result = search.search(spec, progress=None)
+print(search.summary_table(result))
 from IPython.display import Image as IPImage
 from sdkit.plot import figure_png
-display(IPImage(data=figure_png(hpsearch.search_figure(result))))
+display(IPImage(data=figure_png(search.search_figure(result))))
 
 # %% [markdown]
 # ## Step 9 · Converting checkpoints safely
@@ -384,7 +407,7 @@ print((WORK / "upload" / "README.md").read_text()[:1200])
 # ```python
 # spec2 = {**spec, "space": {**spec["space"], "lora_rank": {"type": "categorical", "choices": [4, 8, 16]}},
 #          "sampler": "tpe", "trials": 6, "out": str(WORK / "search2")}
-# print(hpsearch.summary_table(hpsearch.search(spec2, progress=None)))
+# print(search.summary_table(search.search(spec2, progress=None)))
 # ```
 # </details>
 #
