@@ -10,6 +10,7 @@ changing one changes every trained weight):
                                              caption dropout (one generator, drawn in that order)
     sample_seed(seed, g, Stream.DROPOUT)     torch's global RNG before the UNet's forward pass (dropout masks)
     epoch_permutation(seed, epoch, n)        the data order: a fresh permutation of the n images every epoch
+    epoch_permutation(seed, epoch, k, Stream.CLASS_ORDER)   DreamBooth's class images, likewise
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class Stream(enum.IntEnum):
     NOISE = 1     # posterior sample, timestep, noise, offset noise, caption dropout
     DROPOUT = 2   # LoRA / model dropout masks (torch.manual_seed before the UNet forward)
     ORDER = 7     # which image each global sample index reads, per epoch
+    CLASS_ORDER = 11  # DreamBooth: which class image goes beside each instance sample, per pass over the class set
 
 
 def sample_seed(seed: int, g: int, stream: Stream = Stream.AUGMENT) -> int:

@@ -38,7 +38,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
     - caption_transform: a function (caption, rng) -> caption, e.g. `sdkit.data.CaptionPolicy(...)`.
     - buckets: a list of (w, h) from `make_buckets`; each image is resized and cropped to its nearest bucket
       (`bucket_of[i]`), and `BucketBatchSampler(self.bucket_of, ...)` batches same-size items.
-    Items also carry `original_size`, `crop_top_left`, `target_size` (SDXL's size/crop conditioning, sdkit.sdxl);
+    Items also carry `original_size`, `crop_top_left`, `target_size` (SDXL's size/crop conditioning, sdkit.families);
     `geometry(index, seed)` gives them without decoding the image (cached latents).
     """
 
@@ -102,7 +102,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
 
     @staticmethod
     def _geometry(im_size, size, resized, left, top, flip) -> dict:
-        """SDXL's size/crop conditioning (sdkit.sdxl), (h, w) / (top, left) order as in diffusers: the image's size
+        """SDXL's size/crop conditioning (sdkit.families), (h, w) / (top, left) order as in diffusers: the image's size
         before resizing, the crop's top-left in the resized image (mirrored when flipped: the offset in the picture
         the model sees), the trained size."""
         w, h = size
@@ -171,7 +171,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
                 raise DataError("no image of the data folder can be read any more (files deleted or changed "
                                 "during training?)") from e
             return self[((index + 1) % len(self), seed)]
-        # original_size / crop_top_left / target_size: SDXL's micro-conditioning (sdkit.sdxl); SD 1.x ignores them
+        # original_size / crop_top_left / target_size: SDXL's micro-conditioning (sdkit.families); SD 1.x ignores them
         return {"pixels": pixels, "caption": self._transform_caption(caption, seed), "index": index, **geometry}
 
     def _transform_caption(self, caption, seed):

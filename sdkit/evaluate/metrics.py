@@ -35,7 +35,7 @@ from ..data import scan_folder
 from ..mini.clip import image_embeds, load_clip, load_tokenizer, text_embeds
 from ..mini.judge import JUDGE_DIR, Judge
 from ..models import native_resolution
-from ..train.validation import validation_loss
+from ..train.validation import to_pixels, to_uint8, validation_loss
 
 __all__ = ["Extractors", "mini_extractors", "hub_extractors", "FeatureModule", "to_uint8", "load_folder",
            "clip_t", "clip_i", "diversity", "memorisation", "bleeding", "fid_kid", "inception_score",
@@ -43,18 +43,6 @@ __all__ = ["Extractors", "mini_extractors", "hub_extractors", "FeatureModule", "
 
 
 # ---- 1. pictures as arrays -------------------------------------------------------------------------------------
-def to_uint8(images, size: int | None = None) -> np.ndarray:
-    """PIL images / uint8 arrays -> uint8 (N, size, size, 3), resized (bicubic) when `size` is given."""
-    out = []
-    for im in images:
-        im = im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im, dtype=np.uint8))
-        im = im.convert("RGB")
-        if size and im.size != (size, size):
-            im = im.resize((size, size), Image.BICUBIC)
-        out.append(np.asarray(im, dtype=np.uint8))
-    return np.stack(out) if out else np.zeros((0, size or 1, size or 1, 3), np.uint8)
-
-
 def load_folder(folder, limit: int | None = None) -> tuple:
     """(PIL images, captions) of an image folder in sdkit's format (captions '' when there are none)."""
     scan = scan_folder(folder)
@@ -276,16 +264,11 @@ def psnr(a, b) -> dict:
 
 
 # ---- 4. the VAE's ceiling (the deterministic validation loss is in sdkit.train.validation) ---------------------------
-def _pixels(images, size):
-    x = torch.from_numpy(to_uint8(images, size)).float().permute(0, 3, 1, 2) / 127.5 - 1.0  # (N, 3, H, W) in [-1, 1]
-    return x
-
-
 @torch.no_grad()
 def vae_reconstruction(pipe, images, resolution: int | None = None) -> dict:
     """PSNR/MSE of VAE encode -> decode (posterior mean): the ceiling any generated detail can reach."""
     size = resolution or native_resolution(pipe)
-    x = _pixels(images, size).to(pipe.vae.device, pipe.vae.dtype)
+    x = to_pixels(images, size).to(pipe.vae.device, pipe.vae.dtype)
     rec = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.float().cpu().clamp(-1, 1)
     mse = (((rec - x.float().cpu()) / 2) ** 2).mean(dim=(1, 2, 3))
     return {"vae_psnr": float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean()), "vae_mse": float(mse.mean())}

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..rng import sample_seed
+from ..rng import Stream, epoch_permutation, sample_seed
 
 __all__ = ["PriorPreservation", "ensure_class_images", "images_in", "load_pixels", "control_prompts",
            "with_control_prompts", "CLASS_OFFSET", "CONTROL_PROMPTS"]
@@ -149,7 +149,7 @@ class PriorPreservation:
     def _class_index(self, g: int) -> int:
         k = len(self.class_paths)
         epoch, pos = divmod(g, k)
-        return int(np.random.default_rng([self.config.seed, 11, epoch]).permutation(k)[pos])
+        return int(epoch_permutation(self.config.seed, epoch, k, Stream.CLASS_ORDER)[pos])
 
     def _class_pixels(self, j: int, resolution: int) -> torch.Tensor:
         if j not in self.class_pixels:  # a few KB each at mini size; decoded once

@@ -12,13 +12,13 @@ from ..data.captions import insert_trigger
 from ..models import native_resolution
 from .ema import evaluation
 
-__all__ = ["VAL_TIMESTEPS", "validation_loss", "trainer_validation_loss", "to_pixels"]
+__all__ = ["VAL_TIMESTEPS", "validation_loss", "trainer_validation_loss", "to_pixels", "to_uint8"]
 
 VAL_TIMESTEPS = (100, 300, 500, 700, 900)
 
 
-def to_pixels(images, size: int) -> torch.Tensor:
-    """PIL images / uint8 arrays -> (N, 3, size, size) in [-1, 1], resized (bicubic) when their size differs."""
+def to_uint8(images, size: int | None = None) -> np.ndarray:
+    """PIL images / uint8 arrays -> uint8 (N, size, size, 3), resized (bicubic) when `size` is given."""
     out = []
     for im in images:
         im = im if isinstance(im, Image.Image) else Image.fromarray(np.asarray(im, dtype=np.uint8))
@@ -26,8 +26,12 @@ def to_pixels(images, size: int) -> torch.Tensor:
         if size and im.size != (size, size):
             im = im.resize((size, size), Image.BICUBIC)
         out.append(np.asarray(im, dtype=np.uint8))
-    x = np.stack(out) if out else np.zeros((0, size or 1, size or 1, 3), np.uint8)     # (N, H, W, 3) uint8
-    return torch.from_numpy(x).float().permute(0, 3, 1, 2) / 127.5 - 1.0
+    return np.stack(out) if out else np.zeros((0, size or 1, size or 1, 3), np.uint8)
+
+
+def to_pixels(images, size: int) -> torch.Tensor:
+    """PIL images / uint8 arrays -> (N, 3, size, size) in [-1, 1], resized (bicubic) when their size differs."""
+    return torch.from_numpy(to_uint8(images, size)).float().permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
 @torch.no_grad()
