@@ -5,7 +5,7 @@
     report = evaluate_run(run)          # RUN/eval/metrics.json: numbers per checkpoint + "best"
     print(diagnose(run))                # still improving / down-then-up / overtraining / diverging, with evidence
 
-Command line: python -m sdkit eval grid|metrics|diagnose RUN ...  (sdkit/evaluate/cli.py). See docs/EVALUATION.md.
+Command line: python -m sdkit eval grid|metrics|diagnose RUN ...  (sdkit/cli/evaluate.py). See docs/EVALUATION.md.
 """
 from .diagnose import Diagnosis, diagnose, diagnose_series, smooth
 from .grid import CheckpointSwitcher, Grid, checkpoint_grid, grid_browser, select_checkpoints, xyz_grid

@@ -18,20 +18,13 @@ from ..checkpoint import step_name
 from ..config import TrainConfig
 from ..evaluate.metrics import load_folder
 from ..plot import figure_png
-from ..train.callbacks import Callback
+from ..train.callbacks import Callback, write_metrics
 from ..train.loop import TrainingError, train
 from .report import SearchResult, fmt_value, search_figure, summary_table
 from .spec import SearchSpec, load_spec
 from .space import SearchError
 
 __all__ = ["search", "TrialCallback"]
-
-
-def _append_metrics(trainer, obj: dict):
-    """One JSON object appended to the run's metrics.jsonl (as the metrics callback writes its events)."""
-    trainer.run_dir.mkdir(parents=True, exist_ok=True)
-    with open(trainer.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(obj) + "\n")
 
 
 class TrialCallback(Callback):
@@ -62,7 +55,7 @@ class TrialCallback(Callback):
     def on_checkpoint(self, trainer, step, path):
         numbers = self.score(trainer)
         self.history.append({"step": step, **numbers})
-        _append_metrics(trainer, {"step": step, "event": "search_score", **numbers, "time": time.time()})
+        write_metrics(trainer, {"step": step, "event": "search_score", **numbers, "time": time.time()})
         value = numbers[self.objective]
         self.say(f"    step {step:>6}: {self.objective} {value:.5f}")
         if not math.isfinite(value):

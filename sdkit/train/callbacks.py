@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 
-__all__ = ["Callback", "ProgressCallback", "MetricsCallback", "TensorBoardCallback", "SampleCallback",
+__all__ = ["Callback", "write_metrics", "ProgressCallback", "MetricsCallback", "TensorBoardCallback", "SampleCallback",
            "CheckpointCallback", "PrintCallback", "ValidationCallback"]
 
 
@@ -84,14 +84,16 @@ class ValidationCallback(Callback):
                                 f"({result['val_n']} held-out images)")
 
 
+def write_metrics(trainer, obj: dict) -> None:
+    """Append one JSON object to the run's metrics.jsonl (the metrics callback's events; search adds its scores)."""
+    trainer.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(trainer.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(obj) + "\n")
+
+
 class MetricsCallback(Callback):
     """Appends one JSON object per logged step (and per sample/checkpoint event) to metrics.jsonl."""
-
-    @staticmethod
-    def _write(trainer, obj):
-        trainer.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(trainer.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(obj) + "\n")
+    _write = staticmethod(write_metrics)
 
     def on_log(self, trainer, logs):
         self._write(trainer, logs)
