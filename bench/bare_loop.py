@@ -1,5 +1,5 @@
 """The reference: a textbook diffusers-style training loop written plainly (no callbacks, no accelerate, no
-checkpoints), for measuring sdkit's loop overhead. Same model, data, optimiser, precision and LoRA as sdkit's.
+checkpoints), for measuring sdkit's loop overhead. Same model, data, optimizer, precision and LoRA as sdkit's.
 
     python bench/bare_loop.py --model tiny --data DIR --steps 30 --batch-size 8
 """

@@ -33,7 +33,7 @@ class Timer(Callback):
 
 
 def timed_dashboard():
-    """A Dashboard whose hooks add up the time they take (a direct measure, immune to a noisy neighbour)."""
+    """A Dashboard whose hooks add up the time they take (a direct measure, immune to a noisy neighbor)."""
     from sdkit.ui.dashboard import Dashboard
 
     class Timed(Dashboard):
@@ -67,7 +67,7 @@ def main():
     model, data = make_tiny(tmp / "tiny"), write_shapes_folder(tmp / "data", n=16, size=32)
     one(model, data, 5, tmp / "warm", True)  # warm-up: imports, first matplotlib draw
     base, dash = [], []
-    for r in range(args.repeats):  # interleaved, so a noisy neighbour hits both alike
+    for r in range(args.repeats):  # interleaved, so a noisy neighbor hits both alike
         base.append(one(model, data, args.steps, tmp / f"b{r}", False)[0])
         s, d = one(model, data, args.steps, tmp / f"d{r}", True)
         dash.append(s)

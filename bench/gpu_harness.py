@@ -13,7 +13,7 @@ For every case it trains, interleaved (sdkit, example, sdkit, example, ... for `
       method lora -> examples/text_to_image/train_text_to_image_lora.py; method full / dreambooth ->
       examples/dreambooth/train_dreambooth.py (see EXAMPLE_DEFAULTS). It gets the case's settings that the script
       has a flag for (mixed precision, batch, gradient checkpointing, 8-bit Adam, xformers, data-loader
-      workers) and keeps its fixed behaviour for the rest (VAE encode and text encoder every step, no cached
+      workers) and keeps its fixed behavior for the rest (VAE encode and text encoder every step, no cached
       latents, AdamW not fused, `.item()` every step, no channels-last, no compile). Example runs with the same flags are measured once and
       shared between cases.
 Per run: median seconds per step after the warm-up steps (cached-latents cases warm up until every image is in the
@@ -137,7 +137,7 @@ EXAMPLE_DEFAULTS = {
                  "weights in the compute dtype; LoRA weights upcast to fp32 only for fp16 (bf16 keeps them bf16). "
                  "Every step: VAE encode (latent_dist.sample()), text encoder forward, gather + .item() of the loss, "
                  "loss.detach().item() for the progress bar. clip_grad_norm_ gets the `lora_layers` filter that "
-                 "the optimiser already consumed, as in the script, so it clips nothing.",
+                 "the optimizer already consumed, as in the script, so it clips nothing.",
     },
     "full": {
         "script": "examples/dreambooth/train_dreambooth.py",
@@ -457,7 +457,7 @@ def _rss() -> int:
 
 def cuda_context_gb() -> float:
     """Device memory this process holds outside PyTorch's caching allocator (CUDA context, kernels), measured once
-    after CUDA and cuBLAS initialise. Other processes on the same GPU would inflate it."""
+    after CUDA and cuBLAS initialize. Other processes on the same GPU would inflate it."""
     if not torch.cuda.is_available():
         return 0.0
     a = torch.ones(256, 256, device="cuda")
@@ -546,7 +546,7 @@ class _PilTransform:
 
 class _ExampleDataset(torch.utils.data.Dataset):
     """The scripts' preprocessing: Resize(bilinear) -> RandomCrop (center_crop off) -> ToTensor -> Normalize; the
-    caption (or the DreamBooth instance prompt) tokenised to 77 tokens. The images repeat so that one epoch of
+    caption (or the DreamBooth instance prompt) tokenized to 77 tokens. The images repeat so that one epoch of
     whole batches covers the run (as with a real dataset: no epoch boundary, no worker restarts while timing)."""
 
     def __init__(self, folder, tokenizer, resolution, batch, steps, prompt=None, class_folder=None,
@@ -638,7 +638,7 @@ def run_example(case: Case, env: dict) -> dict:
                     cast_training_params(unet, dtype=torch.float32)
                 if case.attention == "xformers":
                     unet.enable_xformers_memory_efficient_attention()
-                params = filter(lambda p: p.requires_grad, unet.parameters())  # consumed by the optimiser
+                params = filter(lambda p: p.requires_grad, unet.parameters())  # consumed by the optimizer
             else:      # train_dreambooth.py (UNet trained in fp32 under autocast)
                 if case.attention == "xformers":
                     unet.enable_xformers_memory_efficient_attention()
@@ -1169,7 +1169,7 @@ def _write_json(path, result):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
                                  epilog="Suites: quick (3 fp32 cases, CPU-friendly), h100 (batch sweeps, attention, "
-                                        "compile, channels-last, cached latents, fused/8-bit optimisers, example "
+                                        "compile, channels-last, cached latents, fused/8-bit optimizers, example "
                                         "defaults), t4 (fp16 batch-1 memory goals). Runbook: bench/GPU_RUNBOOK.md")
     ap.add_argument("--scale", choices=["sd15", "tiny"], default="sd15",
                     help="sd15: SD 1.5 architecture, random init (default); tiny: sdkit.models.make_tiny (CPU smoke)")

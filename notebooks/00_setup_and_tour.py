@@ -65,7 +65,7 @@ env = sdkit.ui.environment_report()
 #
 # Training needs a base pipeline and a folder of images, each with a caption in a `.txt` file of the same name.
 # We use the **mini** pipeline shipped in `data_samples/` when it is there; otherwise a **tiny** random pipeline is made
-# on the spot (it learns, but draws noise-like pictures) with a folder of coloured shapes.
+# on the spot (it learns, but draws noise-like pictures) with a folder of colored shapes.
 
 # %%
 from pathlib import Path

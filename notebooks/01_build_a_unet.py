@@ -19,7 +19,7 @@
 # Many tutorials build a small text-conditioned UNet on MNIST, train it for 10–20 GPU-minutes and stop at "the samples
 # look like digits". Here every claim is measured: each block's shapes are printed, the whole network is checked
 # against diffusers' `UNet2DConditionModel` number for number, and the trained model is scored by an independent judge
-# (a digit classifier plus colour naming) on prompts such as *a red seven on a blue background*.
+# (a digit classifier plus color naming) on prompts such as *a red seven on a blue background*.
 #
 # ### What you will learn
 # - the parts of SD's UNet: sinusoidal **time embedding**, **ResNet block**, **self- and cross-attention**, the
@@ -36,7 +36,7 @@
 # | CPU, quick mode (`SDKIT_QUICK=1`) | 256 pictures, 30 steps | ~1 min | ≈ chance: quick mode only checks that everything runs | < 2 GB RAM |
 # | CPU, full (1 thread) | 4,000 pictures, 1,200 steps of batch 64 | 17 min (16 of them training) | digit 0.38 · fg 0.78 · bg 0.70 · joint 0.23 | < 2 GB RAM |
 #
-# Chance is digit 0.07 · colour 0.125 · joint 0.001. The full numbers were measured once on one CPU thread of a busy
+# Chance is digit 0.07 · color 0.125 · joint 0.001. The full numbers were measured once on one CPU thread of a busy
 # shared machine (0.8 s per step); a laptop with several free threads is faster. With 40 prompts an accuracy is
 # known to about ±0.07.
 
@@ -250,11 +250,11 @@ plt.xlabel("step"); plt.ylabel("epsilon MSE"); plt.legend(); plt.title("training
 # Sampling starts from noise and runs 25 DDIM steps (written out in `st.sample`; notebook 02 takes it apart). At each
 # step the UNet predicts the noise twice, with the prompt and with "", and guidance pushes away from the unconditional
 # prediction: `eps = eps_uncond + g * (eps_text - eps_uncond)`. The judge then reads each picture: which glyph,
-# which foreground and background colour. *Joint* accuracy = all three right.
+# which foreground and background color. *Joint* accuracy = all three right.
 #
 # Tutorials that train an MNIST UNet for 10–20 GPU-minutes usually stop at "the samples look like digits". Ours, in
-# full mode: 1,200 steps, 16 minutes on **one** CPU thread, and the judge reads the asked-for foreground colour in
-# 78 % of samples, the background in 70 %, the digit in 38 %, all three in 23 % (chance: 0.1 %). Colours are learned
+# full mode: 1,200 steps, 16 minutes on **one** CPU thread, and the judge reads the asked-for foreground color in
+# 78 % of samples, the background in 70 %, the digit in 38 %, all three in 23 % (chance: 0.1 %). Colors are learned
 # first; digit shapes need more steps or a bigger UNet (the shipped mini pipeline trains 2,000 steps at 4× the size).
 
 # %%
@@ -263,7 +263,7 @@ t0 = time.time()
 scores = st.judge_unet(result.model, guidance=5.0, seeds=(0,), **JUDGE)
 print(f"judged {scores['n']} samples in {time.time() - t0:.0f} s")
 print({k: round(v, 3) for k, v in scores.items() if k.endswith("acc")})
-print("chance: digit 1/14 = 0.07, colour 1/8 = 0.125, joint ~ 0.001")
+print("chance: digit 1/14 = 0.07, color 1/8 = 0.125, joint ~ 0.001")
 print("full mode, measured: digit 0.38, fg 0.78, bg 0.70, joint 0.23 after 1,200 steps (16 CPU-minutes)")
 
 # %%
@@ -306,7 +306,7 @@ plt.title(prompt, fontsize=7); plt.axis("off"); plt.show()
 #     s = st.judge_unet(result.model, guidance=g, **JUDGE)
 #     print(g, {k: round(v, 3) for k, v in s.items() if k.endswith("acc")})
 # # Full mode, measured: g=1 -> digit 0.33, fg 0.75, bg 0.33, joint 0.05;  g=5 -> 0.38, 0.78, 0.70, 0.23.
-# # Without guidance the background colour is mostly ignored; guidance trades variety for adherence.
+# # Without guidance the background color is mostly ignored; guidance trades variety for adherence.
 # ```
 # </details>
 #
@@ -345,7 +345,7 @@ plt.title(prompt, fontsize=7); plt.axis("off"); plt.show()
 # that training would only show as "it learns a bit worse".
 # </details>
 #
-# 5. Composition: the world holds out 56 (digit, colour, colour) combinations from training. Judge the model on
+# 5. Composition: the world holds out 56 (digit, color, color) combinations from training. Judge the model on
 # exactly those prompts. Does it only reproduce what it saw?
 # <details><summary>Solution</summary>
 #
@@ -353,7 +353,7 @@ plt.title(prompt, fontsize=7); plt.axis("off"); plt.show()
 # s = st.judge_unet(result.model, n_prompts=56, held_out=True, guidance=5.0, steps=JUDGE["steps"])
 # print({k: round(v, 3) for k, v in s.items() if k.endswith("acc")})
 # # Full mode, measured: digit 0.43, fg 0.79, bg 0.88, joint 0.36 on the 56 never-seen combinations (0.23 on
-# # seen ones; 40 vs 56 prompts, so the two differ within noise): it composes digit and colours it never saw together.
+# # seen ones; 40 vs 56 prompts, so the two differ within noise): it composes digit and colors it never saw together.
 # ```
 # </details>
 #

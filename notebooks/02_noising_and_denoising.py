@@ -249,7 +249,7 @@ with torch.no_grad():
 # ## Step 6 · Samplers against the number of steps
 #
 # The trained UNet is the same; only the update rule changes. We swap diffusers' schedulers into the pipeline and
-# let the judge score the samples of canonical prompts at each step count (joint = glyph and both colours right).
+# let the judge score the samples of canonical prompts at each step count (joint = glyph and both colors right).
 # Measured in full mode with the mini pipeline: every sampler reaches joint 1.00 by 10–25 steps; at 5 steps DDIM and
 # Euler 0.97, DDPM 0.88, DPM-Solver++ 0.72 (40 prompts: ±0.07).
 
@@ -308,8 +308,8 @@ grid(np.concatenate([generate_for(pipe, [prompt], seeds, steps=STEPS, guidance=g
 #
 # A negative prompt simply **replaces ""** in the guidance line: `eps = eps_neg + g * (eps_text - eps_neg)`, so the
 # sample is pushed away from it. Check 1 (exact): with the negative prompt equal to the prompt, guidance cancels and
-# the result equals guidance 1. Check 2 (measured): a prompt that names no foreground colour; the judge counts the
-# foreground colours the model picks, then we put the most frequent one in the negative prompt and count again.
+# the result equals guidance 1. Check 2 (measured): a prompt that names no foreground color; the judge counts the
+# foreground colors the model picks, then we put the most frequent one in the negative prompt and count again.
 
 # %%
 kw = dict(num_inference_steps=STEPS, output_type="latent")
@@ -318,16 +318,16 @@ plain = pipe(prompt, guidance_scale=1.0, generator=torch.Generator().manual_seed
 print("negative = prompt  vs  guidance 1: max diff", (same - plain).abs().max().item())
 
 from collections import Counter
-open_prompt, seeds = "a seven on a blue background", list(range(8 if QUICK else 32))   # no foreground colour named
+open_prompt, seeds = "a seven on a blue background", list(range(8 if QUICK else 32))   # no foreground color named
 
-def foreground_colours(negative):
+def foreground_colors(negative):
     imgs = pipe([open_prompt] * len(seeds), negative_prompt=[negative] * len(seeds), num_inference_steps=STEPS,
                 guidance_scale=5.0, generator=[torch.Generator().manual_seed(s) for s in seeds], output_type="np").images
     return Counter(p["fg"] for p in judge.predict((imgs * 255).round().astype(np.uint8)))
 
-plain_fg = foreground_colours("")
-top = plain_fg.most_common(1)[0][0]                 # the colour the model picks most often on its own
-neg_fg = foreground_colours(top)                     # ... now named in the negative prompt
+plain_fg = foreground_colors("")
+top = plain_fg.most_common(1)[0][0]                 # the color the model picks most often on its own
+neg_fg = foreground_colors(top)                     # ... now named in the negative prompt
 print(f"negative prompt '':  {dict(plain_fg.most_common())}")
 print(f"negative prompt {top!r}: {dict(neg_fg.most_common())}")
 print(f"{top} foreground: {plain_fg[top]}/{len(seeds)} -> {neg_fg[top]}/{len(seeds)} with the negative prompt")
@@ -441,7 +441,7 @@ print(f"notebook ran in {time.time() - T0:.0f} s")
 # ```python
 # z = pipe(prompt, num_inference_steps=STEPS, output_type="latent", generator=torch.Generator().manual_seed(0)).images
 # plt.imshow(pipe.image_processor.postprocess(pipe.vae.decode(z).sample, output_type="np")[0])
-# # The decoder gets latents ~2x (mini) or ~5.5x (SD 1.5) too small in scale: washed-out, wrong colours.
+# # The decoder gets latents ~2x (mini) or ~5.5x (SD 1.5) too small in scale: washed-out, wrong colors.
 # ```
 # </details>
 #

@@ -13,7 +13,7 @@
 #
 # **Turn a messy folder of pictures into a clean, captioned training set — then train a LoRA on it.**
 #
-# Most failed fine-tunes fail in the data folder, not in the optimiser: a broken file, a duplicate the model memorises,
+# Most failed fine-tunes fail in the data folder, not in the optimizer: a broken file, a duplicate the model memorizes,
 # captions CLIP cuts off at 77 tokens, or a trigger word missing from half the captions. This notebook finds each of
 # those with one function, fixes them, and shows exactly what the training loop will see.
 #
@@ -120,7 +120,7 @@ print(json.dumps(json.loads((WORK / "report.json").read_text())["stats"], indent
 #
 # Each message says what to do. We move unreadable files and exact duplicates out of the folder (never delete a
 # learner's data silently), write the missing caption and shorten the long one. The CMYK JPEG needs nothing: sdkit
-# converts every colour mode (CMYK, palette, 16-bit, 1-bit, transparency) to RGB when it loads.
+# converts every color mode (CMYK, palette, 16-bit, 1-bit, transparency) to RGB when it loads.
 
 # %%
 CLEAN = MESSY                                   # we fix in place
@@ -203,10 +203,10 @@ editor
 # %% [markdown]
 # ## Step 5 · What the model sees: crops, flips, buckets, a validation split
 #
-# SD trains on fixed-size tensors. `ImageCaptionDataset` resizes the short side to the resolution and crops (centre,
+# SD trains on fixed-size tensors. `ImageCaptionDataset` resizes the short side to the resolution and crops (center,
 # or random); `random_flip` mirrors half the samples — fine for a symmetric star, wrong for text or a face with a scar.
-# Colour jitter (`color_jitter`) would teach wrong colours to a teal star: `check(..., color_jitter=0.1)` warns when
-# captions name colours.
+# Color jitter (`color_jitter`) would teach wrong colors to a teal star: `check(..., color_jitter=0.1)` warns when
+# captions name colors.
 #
 # **Aspect-ratio buckets** avoid cropping: pictures are grouped by shape into sizes with about the same pixel count
 # (e.g. 512x512, 576x448, 640x384 at 512 px), and each batch draws from one bucket. `no_upscale` keeps small pictures

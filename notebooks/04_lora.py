@@ -30,7 +30,7 @@
 # | CPU, full (mini model, 300 steps, 4 seeds, a 3 × 3 sweep) | ~15 min | < 2 GB RAM |
 #
 # The offline default is the **mini world**: a small Stable Diffusion (same classes as SD 1.5) that draws digits and
-# shapes in colours, and a new concept it has never seen — the **sks glyph**, a star (`data_samples/glyph`, 24 pictures).
+# shapes in colors, and a new concept it has never seen — the **sks glyph**, a star (`data_samples/glyph`, 24 pictures).
 
 # %% [markdown]
 # ## Setup
@@ -82,7 +82,7 @@ print("model:", MODEL)
 #
 # Training pictures on the left; on the right the base model's answer to `a red sks glyph on a blue background`:
 # it has never seen `sks`, so it draws some other glyph. The **fidelity** number is the share of pictures a
-# star-vs-rest detector calls a star (it reads shape masks, not colours; about 99 % right on rendered glyphs, but it
+# star-vs-rest detector calls a star (it reads shape masks, not colors; about 99 % right on rendered glyphs, but it
 # misses some soft-edged generated stars, so read fidelity as a lower bound and always look at the pictures).
 
 # %%
@@ -266,7 +266,7 @@ else:
 # ```python
 # r = sdkit.train(config.replace(lora_alpha=2, out=str(WORK / "alpha2"), checkpoint_every=0), progress=None)
 # print(measure(r.load_pipeline(), seeds=SEEDS, steps=STEPS, detector=detector)["fidelity"])
-# # alpha/rank = 1/4 scales every update by 1/4: roughly lr x 4 gives the same training (Adam normalises the
+# # alpha/rank = 1/4 scales every update by 1/4: roughly lr x 4 gives the same training (Adam normalizes the
 # # gradient's size, so the step in B A is what the scale multiplies).
 # r4 = sdkit.train(config.replace(lora_alpha=2, lr=config.lr * 4, out=str(WORK / "alpha2_lr4"),
 #                                 checkpoint_every=0), progress=None)

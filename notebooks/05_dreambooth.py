@@ -79,7 +79,7 @@ print("model:", MODEL)
 # %% [markdown]
 # ## Step 1 · What fits a T4? The pre-flight estimate
 #
-# Before a 20-minute run dies of *CUDA out of memory*, add up what it will hold: weights, gradients, optimiser states,
+# Before a 20-minute run dies of *CUDA out of memory*, add up what it will hold: weights, gradients, optimizer states,
 # activations. `sdkit.train.preflight` does it from the model's configs (no download), and proposes safer settings when a
 # config is over budget. Its constants are fitted to the published T4 measurements (9.92 / 11.17 / 15.79 GB).
 
@@ -115,7 +115,7 @@ display(label_grid([Image.open(p) for p in class_images[:8]], ["a glyph"], [""] 
 # ## Step 3 · Train twice: with and without prior preservation
 #
 # Same seed, same data, same steps; the only difference is the class half of each batch. The instance pictures all
-# use the instance prompt `a sks glyph` (their colours are not in the prompt, so the model must learn them as part of
+# use the instance prompt `a sks glyph` (their colors are not in the prompt, so the model must learn them as part of
 # the subject — try the sidecar captions in exercise 2).
 
 # %%
@@ -131,7 +131,7 @@ for name, r in runs.items():
 #
 # - **fidelity**: concept prompts drawn as stars;
 # - **glyph = star**: how often the class prompt *alone* now draws the subject (bleeding into the class);
-# - **control acc.**: the judge's accuracy (shape and colours) on unrelated prompts; **drift**: how far those pictures
+# - **control acc.**: the judge's accuracy (shape and colors) on unrelated prompts; **drift**: how far those pictures
 #   moved from the base model's (mini-CLIP image embeddings, 0 = unchanged).
 
 # %%
@@ -230,7 +230,7 @@ else:
 # </details>
 #
 # 2. Drop `instance_prompt` so each picture trains on its own caption (`a red sks glyph on a blue background`). Which
-#    changes: fidelity for coloured prompts, or bleeding?
+#    changes: fidelity for colored prompts, or bleeding?
 # <details><summary>Solution</summary>
 #
 # ```python

@@ -20,7 +20,7 @@
 # ### What you will learn
 # - grids across checkpoints × prompts × seeds × LoRA strength (the "X/Y/Z plot"), base model included;
 # - the metrics and what each one does **not** tell: prompt alignment (CLIP-T), subject fidelity (CLIP-I / DINO),
-#   diversity, memorisation, bleeding, FID/KID, Inception Score, PSNR, and a **deterministic validation loss**;
+#   diversity, memorization, bleeding, FID/KID, Inception Score, PSNR, and a **deterministic validation loss**;
 # - reading a loss curve: still improving, down-then-up, overtraining, diverging — on real runs provoked into each;
 # - choosing the best checkpoint by a stated rule, and exporting it.
 #
@@ -138,7 +138,7 @@ print(json.dumps(report["best"], indent=1)[:600])
 
 
 # %%
-def metric_plot(report, keys=("val_loss", "clip_t", "clip_i", "bleeding", "memorisation", "diversity")):
+def metric_plot(report, keys=("val_loss", "clip_t", "clip_i", "bleeding", "memorization", "diversity")):
     rows = sorted(report["checkpoints"].values(), key=lambda m: m["step"])
     fig = Figure(figsize=(9, 4.5), dpi=80)
     for i, k in enumerate(keys):
@@ -151,15 +151,15 @@ display(metric_plot(report))
 
 # %% [markdown]
 # **Bleeding** is the change of control-prompt pictures against the base model (0 = untouched): the concept leaking
-# into prompts that never asked for it. **Memorisation** is each generated picture's similarity to its nearest training
+# into prompts that never asked for it. **Memorization** is each generated picture's similarity to its nearest training
 # picture; it means something only next to `train_nn_baseline`, how close the training pictures are to *each other*.
 
 # %%
 last = report["checkpoints"][max(report["checkpoints"])]
 print("control prompts:", report["settings"]["control_prompts"])
 print(f"bleeding at the last checkpoint: {last['bleeding']:.4f} (pixel MSE {last['bleeding_pixel_mse']:.5f})")
-print(f"memorisation {last['memorisation']:.3f} (max {last['memorisation_max']:.3f}) "
-      f"vs training-set nearest-neighbour baseline {report['baselines']['train_nn_baseline']:.3f}")
+print(f"memorization {last['memorization']:.3f} (max {last['memorization_max']:.3f}) "
+      f"vs training-set nearest-neighbor baseline {report['baselines']['train_nn_baseline']:.3f}")
 
 # %% [markdown]
 # ## Step 4 · What the metrics do not tell — in numbers
@@ -178,16 +178,16 @@ for n in ([8, 32, 64] if QUICK else [8, 32, 128, 512]):
 
 # %% [markdown]
 # **CLIP score is not a percentage, and it saturates.** The same 32 real mini-world pictures scored against their true
-# captions, against captions with the foreground colour wrong, and after heavy pixel noise. A real, correct picture does
+# captions, against captions with the foreground color wrong, and after heavy pixel noise. A real, correct picture does
 # not score 1: the scale depends on the CLIP model, so compare checkpoints with each other and with the base model, not
 # with a fixed threshold. Read the numbers next to the judge's (a classifier that says right or wrong per picture).
 
 # %%
 from sdkit.evaluate.metrics import clip_t
 imgs, caps, labels = world.build_dataset(seed=3, n=32)
-colours = list(world.PALETTE)
-wrong_fg = [world.caption(l.get("digit", l.get("shape")), colours[(colours.index(l["fg"]) + 1) % 8] if colours[(colours.index(l["fg"]) + 1) % 8] != l["bg"] else colours[(colours.index(l["fg"]) + 2) % 8], l["bg"]) for l in labels]
-print(f"CLIP-T true captions {clip_t(EX, imgs, caps):.3f}  |  foreground colour wrong {clip_t(EX, imgs, wrong_fg):.3f}")
+colors = list(world.PALETTE)
+wrong_fg = [world.caption(l.get("digit", l.get("shape")), colors[(colors.index(l["fg"]) + 1) % 8] if colors[(colors.index(l["fg"]) + 1) % 8] != l["bg"] else colors[(colors.index(l["fg"]) + 2) % 8], l["bg"]) for l in labels]
+print(f"CLIP-T true captions {clip_t(EX, imgs, caps):.3f}  |  foreground color wrong {clip_t(EX, imgs, wrong_fg):.3f}")
 noisy = np.clip(imgs.astype(np.int16) + np.random.default_rng(0).normal(0, 60, imgs.shape), 0, 255).astype(np.uint8)
 print(f"CLIP-T true captions, pictures with pixel noise (sigma 60): {clip_t(EX, noisy, caps):.3f}")
 if EX.judge is not None:
@@ -197,7 +197,7 @@ if EX.judge is not None:
 # %% [markdown]
 # ## Step 5 · Reading loss curves: three runs provoked into patterns
 #
-# The training loss draws a new timestep for every sample, so neighbouring points differ by ±50 %. `diagnose` smooths it,
+# The training loss draws a new timestep for every sample, so neighboring points differ by ±50 %. `diagnose` smooths it,
 # fits trends with their standard errors, and — when `evaluate_run` has written `RUN/eval/metrics.json` — uses the
 # deterministic validation loss of each checkpoint. (The source texts say "a loss going down faster and faster means
 # overtrained": that is not the sign. Overtraining is the training loss falling while held-out numbers get worse.)
@@ -279,7 +279,7 @@ print("exported:", out, sorted(p.name for p in Path(out).iterdir()))
 #
 # ```python
 # print(ev.pick_best(report["checkpoints"], "clip_t"))
-# # CLIP-T rewards "looks like a star of the right colours"; the validation loss rewards denoising held-out stars.
+# # CLIP-T rewards "looks like a star of the right colors"; the validation loss rewards denoising held-out stars.
 # # They agree when the run is healthy; CLIP-T saturates, so small differences in it are noise.
 # ```
 # </details>

@@ -211,7 +211,7 @@ for kind in ("loha", "lokr"):
 
 # %% [markdown]
 # DoRA trains `W' = m·(W + (α/r)·B A) / ‖W + (α/r)·B A‖` with the norm taken per **output row** (peft). The DoRA code
-# of AUTOMATIC1111 and ComfyUI normalises per **input column**, so no `lora_down`/`lora_up`/`dora_scale` file would give
+# of AUTOMATIC1111 and ComfyUI normalizes per **input column**, so no `lora_down`/`lora_up`/`dora_scale` file would give
 # them the weights sdkit trained; its `kohya` export therefore holds each layer's weight change itself
 # (`lora_unet_<module>.diff` = W' − W, which both apply as `W + strength·diff`; docs/EXPORT.md). The cell checks one
 # layer of the file against training, and shows the price: the file's size next to the LoRA's.
@@ -363,7 +363,7 @@ print("did the payload run?", marker.exists())
 # ## Step 10 · Sharing on the Hub: the upload folder and its model card
 #
 # `python -m sdkit push RUN --repo you/sks-glyph` exports the run, writes a model card (base model, method, trigger,
-# settings, sample grid, how to load it, licence) and uploads the folder. The token comes from the environment only
+# settings, sample grid, how to load it, license) and uploads the folder. The token comes from the environment only
 # (`HF_TOKEN`; on Colab the Secrets panel: `os.environ["HF_TOKEN"] = userdata.get("HF_TOKEN")`), never from a file
 # or a notebook cell you might share. Here, offline, `dry_run` writes the folder and stops before the network.
 

@@ -3,7 +3,7 @@ and how a run resumes from it, is sdkit.train.checkpoint.)
 
 A checkpoint is a folder `checkpoints/step_XXXXXX/` holding
   trainable.safetensors   the trained weights (LoRA adapters, or the whole UNet for method full)
-  optimizer.safetensors   optimiser tensors (Adam moments ...), with optimizer.json for the rest
+  optimizer.safetensors   optimizer tensors (Adam moments ...), with optimizer.json for the rest
   ema.safetensors         the EMA weights, when EMA is on
   state.json              step, learning-rate schedule, global batch (noise and data order are re-derived
                           from the seed and the global sample index, so no RNG state needs saving)

@@ -345,6 +345,6 @@ def push(run, repo: str, formats=None, private: bool = False, dry_run=None, chec
             raise HubError(f"--repo {repo}: {step} failed ({e.__class__.__name__}: {first}). Fix: check the "
                            f"network, that the token has write access (a 'write' token, or a fine-grained one with "
                            f"write permission on this namespace) and that {repo.split('/')[0]!r} is your user or an "
-                           f"organisation you can write to.") from None
+                           f"organization you can write to.") from None
     written["url"] = f"https://huggingface.co/{repo}"
     return written

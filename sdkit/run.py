@@ -5,7 +5,7 @@ runs/NAME/metrics.jsonl   one JSON object per logged step / event
 runs/NAME/tb/             TensorBoard events
 runs/NAME/samples/        step_XXXXXX/p{prompt}_s{seed}.png + grid.png, step 0 first
 runs/NAME/checkpoints/    step_XXXXXX/ (trainable.safetensors + optimizer + state.json), `latest` marker
-runs/NAME/export/         final artefacts
+runs/NAME/export/         final artifacts
 
 `pipeline_from_checkpoint` (also `Run.load_pipeline`) puts a run's trained weights back onto its base pipeline.
 """

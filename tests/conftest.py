@@ -12,7 +12,7 @@ PYTHON = sys.executable
 
 
 def write_captioned_folder(folder: Path, n: int = 8, size: int = 64) -> Path:
-    """n PNGs (a coloured square or disc on white) with .txt captions naming colour and shape."""
+    """n PNGs (a colored square or disc on white) with .txt captions naming color and shape."""
     from sdkit.quickstart import write_shapes_folder
     return write_shapes_folder(folder, n=n, size=size, prefix="img")
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 
 def _pattern(w=48, h=40, seed=0):
-    """A picture that is not a flat colour (so duplicates checks see distinct images)."""
+    """A picture that is not a flat color (so duplicates checks see distinct images)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:h, :w]
     a = np.stack([(xx * (3 + seed) + yy * 2) % 256, (yy * (5 + seed)) % 256, (xx * yy // (seed + 1)) % 256], -1)

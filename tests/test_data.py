@@ -59,7 +59,7 @@ def test_loading_converts_every_mode_and_applies_exif(corpus):
         im = load_image(root / name)
         assert im.mode == "RGB"
     assert load_image(root / expect["exif_rotated"]).size == (40, 48)   # stored 48x40, orientation 6
-    # transparency is composited on the chosen background: a fully transparent pixel takes its colour
+    # transparency is composited on the chosen background: a fully transparent pixel takes its color
     rgba = np.asarray(load_image(root / "rgba.png", background=(0, 255, 0)))
     assert tuple(rgba[0, 0]) == (0, 255, 0)
     assert np.asarray(load_image(root / "sixteen_bit.png")).max() > 200  # 16-bit scaled, not clipped to black
@@ -214,7 +214,7 @@ def test_metadata_jsonl_and_csv(tmp_path):
 
 # ---- captions ---------------------------------------------------------------------------------------------------
 def test_caption_functions_are_deterministic_given_a_seed():
-    cap = "red star, white background, small, centred, soft light"
+    cap = "red star, white background, small, centered, soft light"
     rng = lambda s: np.random.default_rng(s)  # noqa: E731
     assert C.shuffle_tags(cap, rng(1), keep_tokens=1) == C.shuffle_tags(cap, rng(1), keep_tokens=1)
     shuffles = {C.shuffle_tags(cap, rng(s), keep_tokens=1) for s in range(20)}

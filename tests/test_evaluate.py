@@ -56,7 +56,7 @@ def test_cli_grid_and_metrics_json(lora_run, tmp_path):
     ck = report["checkpoints"]
     assert list(ck) == ["step_000000", "step_000020", "step_000040"]
     for m in ck.values():
-        for k in ("val_loss", "clip_t", "clip_i", "diversity", "memorisation", "bleeding", "fid", "kid", "x0_psnr"):
+        for k in ("val_loss", "clip_t", "clip_i", "diversity", "memorization", "bleeding", "fid", "kid", "x0_psnr"):
             assert np.isfinite(m[k]), (k, m)
     assert ck["step_000000"]["bleeding"] == pytest.approx(0, abs=1e-5) and ck["step_000040"]["bleeding"] > 0   # vs the base model
     best = report["best"]
@@ -85,11 +85,11 @@ def test_validation_loss_is_deterministic(tiny_model, data8):
 def test_fid_kid_sanity():
     rng = np.random.default_rng(0)
 
-    def colour_stats(x):   # a simple injectable extractor: per-channel mean and std (N, 6)
+    def color_stats(x):   # a simple injectable extractor: per-channel mean and std (N, 6)
         x = np.asarray(x, np.float32) / 255
         return torch.from_numpy(np.concatenate([x.mean(axis=(1, 2)), x.std(axis=(1, 2))], axis=1))
 
-    feat = FeatureModule(colour_stats, 6, size=16)
+    feat = FeatureModule(color_stats, 6, size=16)
     a = rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8)
     b = np.clip(a.astype(int) // 2 + 100, 0, 255).astype(np.uint8)          # dimmer, greyer pictures
     same = fid_kid(a, a.copy(), feat, subset_size=20)

@@ -76,7 +76,7 @@ def test_training_changes_the_mlps_and_no_base_weight(hn_trained, hn_config):
     state = trained(run, 4)
     assert sorted(state) == sorted(f"hypernetwork.32.{kv}.{i}.{p}" for kv in "kv" for i in (0, 1)
                                    for p in ("weight", "bias"))
-    torch.manual_seed(hn_config.seed)  # the loop seeds the initialisation the same way
+    torch.manual_seed(hn_config.seed)  # the loop seeds the initialization the same way
     method = HypernetworkMethod(hn_config)
     method.setup(fresh.unet, fresh.text_encoder)
     init = method.state_dict(fresh.unet, fresh.text_encoder)

@@ -113,7 +113,7 @@ def test_sdxl_conditioning_equals_the_pipelines_and_time_ids_record_size_and_cro
         expect.append([*item["original_size"], *item["crop_top_left"], *item["target_size"]])
     assert seen[0].tolist() == expect
     assert {tuple(e[:2]) for e in expect} == {(64, 96), (80, 64), (48, 48)}
-    assert any(e[2] or e[3] for e in expect), "no sample was cropped off-centre: the crop is not being tested"
+    assert any(e[2] or e[3] for e in expect), "no sample was cropped off-center: the crop is not being tested"
 
 
 def test_sdxl_lora_trains_writes_samples_and_checkpoints_and_keeps_base_weights(xl_run, tiny_sdxl):

@@ -54,7 +54,7 @@ def add_eval_commands(sub):
     p = sub.add_parser("eval", help="evaluate a run: grids across checkpoints, metrics + best checkpoint, diagnosis")
     ev = p.add_subparsers(dest="eval_command", required=True)
 
-    g = ev.add_parser("grid", help="labelled grid: checkpoints (base model first) x LoRA strength x prompt x seed")
+    g = ev.add_parser("grid", help="labeled grid: checkpoints (base model first) x LoRA strength x prompt x seed")
     g.add_argument("run")
     g.add_argument("--prompts", nargs="+", required=True)
     g.add_argument("--seeds", nargs="+", type=int, default=[0])

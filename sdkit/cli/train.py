@@ -52,6 +52,6 @@ def add_train_command(sub):
 
 
 def add_show_command(sub):
-    p = sub.add_parser("show", help="summarise a run directory and write RUN/loss.png")
+    p = sub.add_parser("show", help="summarize a run directory and write RUN/loss.png")
     p.add_argument("run")
     p.set_defaults(func=_cmd_show)

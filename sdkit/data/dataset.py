@@ -151,7 +151,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         if im_size is None:
             try:
                 im_size = self._image_sizes[item] = load_image(self.scan.items[item][0], self.background).size
-            except Exception:  # noqa: BLE001 - a broken file trains on a neighbour's pixels; say "whole picture"
+            except Exception:  # noqa: BLE001 - a broken file trains on a neighbor's pixels; say "whole picture"
                 im_size = size
         rng = np.random.default_rng(seed) if seed is not None else None
         return self._geometry(im_size, size, *self._placement(im_size, size, rng))
@@ -162,7 +162,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng(seed) if seed is not None else None
         try:
             pixels, caption, geometry = self._load(index, rng)
-        except Exception as e:  # noqa: BLE001 - a file broke after the scan: warn once, train on a neighbour
+        except Exception as e:  # noqa: BLE001 - a file broke after the scan: warn once, train on a neighbor
             path = self.scan.items[self._item_of[index]][0]
             if path not in self._bad:
                 self._bad.add(path)

@@ -188,7 +188,7 @@ def check(root, resolution: int = 512, caption_ext: str = ".txt", trigger: str =
             exact_of[p] = paths[0]
             n_dupes += 1
             problems.append(Problem(str(p), "warning", f"{R(p)}: exact duplicate of {R(paths[0])}; it counts twice "
-                                    f"and gets memorised. Fix: delete one of them."))
+                                    f"and gets memorized. Fix: delete one of them."))
     items = [p for p, _ in scan.items]
     for i in range(len(items)):
         for j in range(i + 1, len(items)):
@@ -196,7 +196,7 @@ def check(root, resolution: int = 512, caption_ext: str = ".txt", trigger: str =
             if d <= near_duplicate_distance and items[j] not in exact_of and items[i] not in exact_of:
                 n_dupes += 1
                 problems.append(Problem(str(items[j]), "warning", f"{R(items[j])}: near duplicate of "
-                                        f"{R(items[i])} (pHash distance {d} of 64); near-copies are memorised. "
+                                        f"{R(items[i])} (pHash distance {d} of 64); near-copies are memorized. "
                                         f"Fix: keep the better one, or check they really differ."))
     # ---- 3. captions shared by several images -----------------------------------------------------------------
     by_caption = {}

@@ -19,7 +19,7 @@ __all__ = ["checkpoint_grid", "xyz_grid", "grid_browser", "Grid", "CheckpointSwi
            "diagnose", "diagnose_series", "Diagnosis", "smooth", "table"]
 
 
-def table(report: dict, keys=("val_loss", "x0_psnr", "clip_t", "clip_i", "diversity", "memorisation", "bleeding",
+def table(report: dict, keys=("val_loss", "x0_psnr", "clip_t", "clip_i", "diversity", "memorization", "bleeding",
                               "fid", "kid", "judge_joint_acc")) -> str:
     """A plain-text table of evaluate_run's numbers: one row per checkpoint, the best marked with *."""
     rows = report["checkpoints"]

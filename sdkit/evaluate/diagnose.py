@@ -66,7 +66,7 @@ ADVICE = {
 
 
 def smooth(values, window: int | None = None) -> np.ndarray:
-    """Centred moving median then mean over `window` points (default ~ a tenth of the run, at least 5): robust
+    """Centered moving median then mean over `window` points (default ~ a tenth of the run, at least 5): robust
     to the single huge losses that high timesteps give."""
     v = np.asarray(values, dtype=float)
     n = len(v)
@@ -105,7 +105,7 @@ def _val_pick(vs, vl):
     return None, None
 
 
-def diagnose_series(train_steps, train_loss, val_steps=(), val_loss=(), memorisation=None, nn_baseline=None,
+def diagnose_series(train_steps, train_loss, val_steps=(), val_loss=(), memorization=None, nn_baseline=None,
                     rel_tol: float = 0.02, train_det=None) -> Diagnosis:
     """The verdict from raw series: training loss per logged step, validation loss per checkpoint (step 0 = base).
 
@@ -172,9 +172,9 @@ def diagnose_series(train_steps, train_loss, val_steps=(), val_loss=(), memorisa
                 if det_drop > max(rel_tol, 0.05):
                     ev.append("the gap between training and held-out pictures widens: the model fits its training "
                               "pictures better and everything else worse")
-            mem = memorisation is not None and nn_baseline is not None and memorisation > nn_baseline
+            mem = memorization is not None and nn_baseline is not None and memorization > nn_baseline
             if mem:
-                ev.append(f"generated pictures are closer to their nearest training image ({memorisation:.3f}) than "
+                ev.append(f"generated pictures are closer to their nearest training image ({memorization:.3f}) than "
                           f"training images are to each other ({nn_baseline:.3f}): copies")
             if (train_drop is not None and train_drop > max(rel_tol, 0.05)) or mem or \
                     (det_drop is not None and det_drop > max(rel_tol, 0.05)):
@@ -233,11 +233,11 @@ def diagnose(run, metrics=None) -> Diagnosis:
         if rows and all("train_loss_det" in m for m in rows):
             td = [m["train_loss_det"] for m in rows]
         if rows:
-            mem = rows[-1].get("memorisation")
+            mem = rows[-1].get("memorization")
             nn = metrics.get("baselines", {}).get("train_nn_baseline")
     # a run stopped by a NaN loss leaves a message event
     for e in run.events:
         if e.get("event") in ("error", "message") and "became nan" in str(e.get("text", "")).lower():
             tl.append(float("nan"))
             ts.append(ts[-1] + 1 if ts else 1)
-    return diagnose_series(ts, tl, vs, vl, memorisation=mem, nn_baseline=nn, train_det=td)
+    return diagnose_series(ts, tl, vs, vl, memorization=mem, nn_baseline=nn, train_det=td)

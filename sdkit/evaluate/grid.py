@@ -120,7 +120,7 @@ class Grid:
         return [f"p{p} s{s}" for p in range(len(self.prompts)) for s in self.seeds]
 
     def image(self, rows=None, cell: int = 96) -> Image.Image:
-        """One labelled PIL image of the given rows (default: all)."""
+        """One labeled PIL image of the given rows (default: all)."""
         rows = rows or self.rows()
         images = [self.cells[(c, s, p, seed)] for c, s in rows for p in self.prompts for seed in self.seeds]
         return label_grid(images, [self.row_label(c, s) for c, s in rows], self.col_labels(), cell=cell,
@@ -185,7 +185,7 @@ def xyz_grid(draw, x: tuple, y: tuple, z: tuple = None, cell: int = 96) -> list:
     """The X/Y/Z plot: `draw(**{x_name: xv, y_name: yv, z_name: zv})` -> one PIL image per cell.
 
     x, y, z are (name, values) pairs, e.g. ('seed', [0, 1]), ('checkpoint', [...]), ('scale', [0, 0.5, 1]).
-    Returns one labelled grid per z value (rows = y, columns = x)."""
+    Returns one labeled grid per z value (rows = y, columns = x)."""
     (xn, xs), (yn, ys) = x, y
     zn, zs = z if z else (None, [None])
     out = []

@@ -10,7 +10,7 @@ What each number measures (and what it does not):
 - clip_i          subject fidelity: mean cosine to the training images (CLIP, or DINO on Colab: DINO separates
                   instances of a class better than CLIP does).
 - diversity       1 - mean cosine between seeds of one prompt: falls when every seed draws the same picture.
-- memorisation    mean over generated images of the cosine to the NEAREST training image (+ the pixel MSE to it):
+- memorization    mean over generated images of the cosine to the NEAREST training image (+ the pixel MSE to it):
                   compare it with train_nn_baseline (how close training images are to each other).
 - bleeding        how much pictures of CONTROL prompts (without the new concept) changed from the base model's
                   (same seed): 1 - cosine of embeddings; 0 = untouched.
@@ -18,7 +18,7 @@ What each number measures (and what it does not):
                   small sets (it needs thousands of images for published-style numbers; with 10s of images use it
                   only to compare checkpoints drawn with the same n), KID is unbiased but noisy at small n.
 - inception_score only with a classifier whose classes fit the pictures (the mini world's judge).
-- judge_*         the mini world's independent judge: did the picture show the asked glyph and colours?
+- judge_*         the mini world's independent judge: did the picture show the asked glyph and colors?
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from ..models import native_resolution
 from ..train.validation import to_pixels, to_uint8, validation_loss
 
 __all__ = ["Extractors", "mini_extractors", "hub_extractors", "FeatureModule", "to_uint8", "load_folder",
-           "clip_t", "clip_i", "diversity", "memorisation", "bleeding", "fid_kid", "inception_score",
+           "clip_t", "clip_i", "diversity", "memorization", "bleeding", "fid_kid", "inception_score",
            "psnr", "validation_loss", "vae_reconstruction", "train_nn_baseline"]
 
 
@@ -55,8 +55,8 @@ def load_folder(folder, limit: int | None = None) -> tuple:
 class Extractors:
     """The models that turn pictures and prompts into numbers. Swap them to change the metric's eyes.
 
-    image(uint8 NHWC) -> (N, D) L2-normalised embeddings (CLIP image tower: clip_i, memorisation, bleeding, FID)
-    text(list[str])   -> (N, D) L2-normalised embeddings in the same space (clip_t); None: no clip_t
+    image(uint8 NHWC) -> (N, D) L2-normalized embeddings (CLIP image tower: clip_i, memorization, bleeding, FID)
+    text(list[str])   -> (N, D) L2-normalized embeddings in the same space (clip_t); None: no clip_t
     subject           -> like image, for subject fidelity (DINO on Colab); None: use `image`
     classifier(uint8 NHWC) -> (N, classes) logits, for the Inception Score; None: no IS
     judge             the mini world's Judge (sdkit.mini.judge), or None
@@ -88,7 +88,7 @@ def mini_extractors(judge: bool = True) -> Extractors:
 
 def hub_extractors(clip_id: str = "openai/clip-vit-large-patch14", dino_id: str = "facebook/dinov2-base",
                    device: str | None = None) -> Extractors:
-    """On Colab (internet, GPU): the standard models. CLIP ViT-L/14 for clip_t/clip_i/bleeding/memorisation/FID
+    """On Colab (internet, GPU): the standard models. CLIP ViT-L/14 for clip_t/clip_i/bleeding/memorization/FID
     features, DINOv2 for subject fidelity (the DreamBooth paper's DINO score), Inception (torch-fidelity, via
     torchmetrics) for the Inception Score. Downloads ~2 GB on first use; not run offline."""
     from transformers import AutoImageProcessor, AutoModel, CLIPModel, CLIPProcessor
@@ -181,11 +181,11 @@ def diversity(emb: torch.Tensor, groups: list) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
-def memorisation(gen_emb, train_emb, gen_px=None, train_px=None) -> dict:
+def memorization(gen_emb, train_emb, gen_px=None, train_px=None) -> dict:
     """Nearest training image of each generated one: cosine (mean, max) and, with pixels, its pixel MSE."""
     sim = gen_emb @ train_emb.T                      # (generated, training)
     best, idx = sim.max(dim=1)
-    out = {"memorisation": float(best.mean()), "memorisation_max": float(best.max())}
+    out = {"memorization": float(best.mean()), "memorization_max": float(best.max())}
     if gen_px is not None and train_px is not None:
         g = torch.from_numpy(gen_px).float() / 255
         t = torch.from_numpy(train_px).float() / 255

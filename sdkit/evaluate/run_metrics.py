@@ -15,7 +15,7 @@ from ..run import Run
 from ..train.validation import VAL_TIMESTEPS, validation_loss
 from .grid import CheckpointSwitcher, select_checkpoints
 from .metrics import (Extractors, FeatureModule, bleeding, clip_i, clip_t, diversity, fid_kid, inception_score,
-                      load_folder, memorisation, mini_extractors, to_uint8, train_nn_baseline, vae_reconstruction)
+                      load_folder, memorization, mini_extractors, to_uint8, train_nn_baseline, vae_reconstruction)
 
 __all__ = ["evaluate_run", "pick_best", "control_prompts_for", "RULES"]
 
@@ -56,7 +56,7 @@ def evaluate_run(run, prompts=None, seeds=(0, 1, 2, 3), checkpoints="all", extra
     ex = extractors or mini_extractors()
     say = progress or (lambda *a: None)
 
-    # 5a. data: training pictures (fidelity, memorisation), validation pictures, reference set
+    # 5a. data: training pictures (fidelity, memorization), validation pictures, reference set
     scan = scan_folder(cfg.data, cfg.caption_ext, layout=cfg.data_layout)
     train_imgs = [Image.open(p).convert("RGB") for p, _ in scan.items[:max_train_images]]
     if val_data:
@@ -95,7 +95,7 @@ def evaluate_run(run, prompts=None, seeds=(0, 1, 2, 3), checkpoints="all", extra
     for name in select_checkpoints(run, checkpoints, include_base=True):
         pipe = switcher.use(name)
         m = {"step": int(name[5:])}
-        # 5b. prompt pictures: alignment, fidelity, diversity, memorisation, FID/KID, IS, judge
+        # 5b. prompt pictures: alignment, fidelity, diversity, memorization, FID/KID, IS, judge
         imgs = switcher.draw(name, prompts, seeds, **settings)
         px = to_uint8(imgs, size)
         emb = torch.as_tensor(ex.image(px)).float()
@@ -103,7 +103,7 @@ def evaluate_run(run, prompts=None, seeds=(0, 1, 2, 3), checkpoints="all", extra
         m["clip_t"] = clip_t(ex, imgs, per_image_prompts)
         m["clip_i"] = clip_i(ex, imgs, train_imgs)
         m["diversity"] = diversity(emb, groups)
-        m.update(memorisation(emb, train_emb, px, train_px))
+        m.update(memorization(emb, train_emb, px, train_px))
         m.update(fid_kid(ref_imgs, imgs, fid_feature))
         if ex.classifier is not None:
             m.update(inception_score(imgs, ex.classifier, size))
@@ -142,7 +142,7 @@ RULES = {
     "val_loss": ("lowest deterministic validation loss (fixed timesteps and noise); trained checkpoints only", min),
     "clip_t": ("highest prompt alignment (CLIP-T) among trained checkpoints whose bleeding is at most twice the "
                "smallest bleeding of any trained checkpoint", max),
-    "judge_joint_acc": ("highest judge accuracy (glyph and both colours right); trained checkpoints only", max),
+    "judge_joint_acc": ("highest judge accuracy (glyph and both colors right); trained checkpoints only", max),
 }
 
 

@@ -1,5 +1,5 @@
 """DoRA (Liu et al. 2024, weight-decomposed low-rank adaptation) with peft's `use_dora`: each adapted weight is
-split into a magnitude (one number per output row, trained) and a direction (W + s B A, normalised row by row):
+split into a magnitude (one number per output row, trained) and a direction (W + s B A, normalized row by row):
 
     W' = m * (W + s B A) / ||W + s B A||_row        s = alpha / rank
 
@@ -9,9 +9,9 @@ split into a magnitude (one number per output row, trained) and a direction (W +
 
 The kohya file holds, per adapted layer, the weight change itself (`lora_unet_<module>.diff` = W' - W: the
 LyCORIS "full" layout that AUTOMATIC1111 and ComfyUI both apply as W + strength x diff), not lora_down/lora_up with a
-`dora_scale`: the loaders' DoRA code normalises W + BA per *input column* (AUTOMATIC1111 always; ComfyUI unless
+`dora_scale`: the loaders' DoRA code normalizes W + BA per *input column* (AUTOMATIC1111 always; ComfyUI unless
 dora_scale has one row per output, where it then divides by the norm of W alone), while peft — and so the trained
-model — normalises per *output row*. No compact dora_scale makes both apply the change sdkit trained; the diff does,
+model — normalizes per *output row*. No compact dora_scale makes both apply the change sdkit trained; the diff does,
 exactly, at the price of a file as large as the adapted weights. docs/EXPORT.md has the loaders' code we checked.
 
 This file is the whole method (with its line in sdkit/registry.py): the loop, preflight, the CLI flag, the form,

@@ -23,7 +23,7 @@ the values, and in every cross-attention layer (diffusers' `attn2`)
 
 Each MLP is an `nn.Sequential` of Linear layers whose widths are `hypernetwork_layers` ("1,2,1": d -> 2d -> d) times
 d, with the activation between them but not after the last one (A1111's `activate_output=False`). A1111's "Normal"
-initialisation: every weight N(0, 0.01), every bias 0. So training starts *near* the identity, not at it: the branch
+initialization: every weight N(0, 0.01), every bias 0. So training starts *near* the identity, not at it: the branch
 is about sqrt(2) d 1e-4 the size of the context for "1,2,1" (0.45% at d=32, 0.9% at 64, 11% at 768).
 
 In diffusers the MLPs live in one module registered on the UNet (`unet.sdkit_hypernetwork`, so `.to()` moves them

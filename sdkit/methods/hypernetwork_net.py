@@ -73,7 +73,7 @@ def build_mlp(dim: int, layer_structure, activation="linear", layer_norm=False, 
         if dropout is not None and dropout[i + 1] > 0:
             mods.append(nn.Dropout(p=float(dropout[i + 1])))
     mlp = nn.Sequential(*mods)
-    for m in mlp:  # A1111's "Normal" initialisation (LayerNorms too, as A1111 does)
+    for m in mlp:  # A1111's "Normal" initialization (LayerNorms too, as A1111 does)
         if isinstance(m, (nn.Linear, nn.LayerNorm)):
             nn.init.normal_(m.weight, mean=0.0, std=0.01)
             nn.init.zeros_(m.bias)

@@ -91,7 +91,7 @@ def ensure_class_images(pipe, folder, prompt: str, n: int, resolution: int, step
 
 
 def load_pixels(path: Path, resolution: int) -> torch.Tensor:
-    """(3, R, R) in [-1, 1]: shorter side resized to R, centre crop (class images need no augmentation)."""
+    """(3, R, R) in [-1, 1]: shorter side resized to R, center crop (class images need no augmentation)."""
     from PIL import Image
     im = Image.open(path).convert("RGB")
     w, h = im.size

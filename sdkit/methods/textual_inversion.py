@@ -11,9 +11,9 @@ How it works here:
   table grows by that many rows;
 - the vectors are one small trainable tensor; a forward hook on the token-embedding layer puts them in place of
   the new rows. Nothing else has a gradient, so no frozen row can drift (diffusers' example instead trains the
-  whole table and restores the old rows after every step, with optimiser state for all 49,408 rows);
+  whole table and restores the old rows after every step, with optimizer state for all 49,408 rows);
 - a caption gets the token where its `trigger_token` word is (`a white sks glyph` -> `a white <sks> glyph`), or
-  in front when it has neither; several vectors are written out as `<sks> <sks>_1 ...` before tokenising.
+  in front when it has neither; several vectors are written out as `<sks> <sks>_1 ...` before tokenizing.
 
 Export (`--format embedding`): one safetensors file with `emb_params` of shape (vectors, dim): AUTOMATIC1111's
 embedding layout (its prompt word is the file name) and one that diffusers' `load_textual_inversion` reads.
@@ -89,7 +89,7 @@ class TextualInversionMethod(Method):
 
     # ---- models ----------------------------------------------------------------------------------------------
     def prepare_pipeline(self, pipe):
-        """Add the token(s) to the tokenizer, grow the embedding table, install the vectors (initialised)."""
+        """Add the token(s) to the tokenizer, grow the embedding table, install the vectors (initialized)."""
         tok, te = pipe.tokenizer, pipe.text_encoder
         if self.token in tok.get_vocab():
             raise ConfigError(f"token: {self.token!r} is already in the tokenizer's vocabulary, so its meaning would "

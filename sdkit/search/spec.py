@@ -163,10 +163,10 @@ class SearchSpec:
                                   f"folder of captioned images the trials never train on (for the glyph example: "
                                   f"python -c \"from sdkit.mini.glyph import write_glyph_set; "
                                   f"write_glyph_set('runs/glyph-val', n=8, seed=1)\"), or objective: train_loss "
-                                  f"(weaker: the training loss rewards memorising the training images).")
+                                  f"(weaker: the training loss rewards memorizing the training images).")
             if Path(self.val_data).resolve() == Path(base.data).resolve():
                 raise SearchError(f"val_data: {self.val_data} is the training folder, so the score would reward "
-                                  f"memorising it. Fix: a folder of other images of the same kind.")
+                                  f"memorizing it. Fix: a folder of other images of the same kind.")
             try:
                 scan_folder(self.val_data)
             except DataError as e:

@@ -182,7 +182,7 @@ def estimate(config, budget_gb=None, ram_budget_gb=None, models: MetaModels = No
 
 def t4_preset(config=None, bitsandbytes=None, xformers=None) -> dict:
     """Config changes for a 16 GB T4 (no bf16): fp16, gradient checkpointing, 8-bit Adam when bitsandbytes is
-    installed, cached latents (centre crop, no flip), xformers when installed, else PyTorch SDPA."""
+    installed, cached latents (center crop, no flip), xformers when installed, else PyTorch SDPA."""
     if bitsandbytes is None:
         bitsandbytes = importlib.util.find_spec("bitsandbytes") is not None
     if xformers is None:

@@ -43,7 +43,7 @@ def _fmt_time(s: float) -> str:
 
 
 def _png(image, min_width=192) -> bytes:
-    """PNG bytes of a PIL image, enlarged with nearest-neighbour so 32-px samples are visible."""
+    """PNG bytes of a PIL image, enlarged with nearest-neighbor so 32-px samples are visible."""
     from PIL import Image
     if image.width < min_width:
         k = -(-min_width // image.width)
@@ -188,8 +188,8 @@ class Dashboard(Callback):
 
     # ---- drawing ----
     def log(self, level, text):
-        colour = {"warning": "#b36b00", "error": "#c00"}.get(level, "#333")
-        self.messages.append(f"<div style='color:{colour}'>[{_esc(level)}] {_esc(text)}</div>")
+        color = {"warning": "#b36b00", "error": "#c00"}.get(level, "#333")
+        self.messages.append(f"<div style='color:{color}'>[{_esc(level)}] {_esc(text)}</div>")
         self.log_html.value = "".join(self.messages[-self.max_messages:])
 
     def _update_status(self, step, now, done=False, stopped=False):
