@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 
+from ..checkpoint import verify_checkpoint
 from ..plot import save_loss_plot
 from ..run import Run
 from ..train.loop import train
@@ -36,7 +37,12 @@ def _cmd_show(args):
     print(f"loss plot: {plot}")
     for step, paths in run.samples.items():
         print(f"samples at step {step}: {len(paths)} images ({run.grid(step)})")
-    print("checkpoints: " + (", ".join(p.name for p in run.checkpoints) or "none"))
+    # each checkpoint checked against its manifest (sizes; with --verify also the sha256 of every file)
+    marks = []
+    for p in run.checkpoints:
+        problem = verify_checkpoint(p, hashes=args.verify)
+        marks.append(f"{p.name} (DAMAGED: {problem})" if problem else p.name)
+    print("checkpoints: " + (", ".join(marks) or "none"))
     if run.stopped_early and run.checkpoints:
         print(f"stopped at step {run.final_step} of {run.config.steps}: continue with "
               f"python -m sdkit train --config {run.path / 'config.yaml'} --out {run.path} --resume latest")
@@ -52,6 +58,9 @@ def add_train_command(sub):
 
 
 def add_show_command(sub):
-    p = sub.add_parser("show", help="summarize a run directory and write RUN/loss.png")
+    p = sub.add_parser("show", help="summarize a run directory and write RUN/loss.png; damaged checkpoints are "
+                       "marked")
     p.add_argument("run")
+    p.add_argument("--verify", action="store_true", help="check every checkpoint file's sha256 too (reads them all; "
+                   "without it, sizes against each checkpoint's manifest)")
     p.set_defaults(func=_cmd_show)

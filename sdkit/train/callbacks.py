@@ -154,7 +154,8 @@ class ProgressCallback(Callback):
         self.bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}", refresh=False)
 
     def on_message(self, trainer, level, text):
-        self.bar.write(f"[{level}] {text}")
+        from tqdm.auto import tqdm
+        tqdm.write(f"[{level}] {text}")  # also before the bar exists (a warning during setup)
 
     def on_train_end(self, trainer, run):
         self.bar.close()

@@ -15,10 +15,8 @@ batch of 4.
 """
 from __future__ import annotations
 
-import datetime
 import math
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +36,7 @@ from .advice import TrainingError, nan_diagnosis, oom_advice
 from .batches import batches, micro_batch, posterior
 from .callbacks import (CheckpointCallback, MetricsCallback, PrintCallback, ProgressCallback, SampleCallback,
                         TensorBoardCallback, ValidationCallback)
-from .checkpoint import find_checkpoint, load_checkpoint, save_checkpoint, write_run_config
+from .checkpoint import load_checkpoint, open_run_dir, save_checkpoint, starting, training, write_run_config
 from .ema import make_ema
 from .optim import make_lr_schedule, make_optimizer
 from .preflight import gpu_warning
@@ -71,7 +69,8 @@ class Trainer:
             observers.append(PrintCallback())
         # Observers first (they set up in on_train_start), then the ones that act: samples, checkpoints.
         self.callbacks = observers + list(callbacks or []) + [SampleCallback(), CheckpointCallback()]
-        self._setup()
+        with starting(self):  # a failed setup releases the run directory's lock
+            self._setup()
 
     # ---- events ------------------------------------------------------------------------------------------
     def emit(self, hook, *args):
@@ -92,16 +91,8 @@ class Trainer:
         from diffusers import DDPMScheduler
         c, acc = self.config, self.accelerator
 
-        # 1a. run directory (resolved on the main process, shared by all)
-        if c.out is None:
-            c.out = f"runs/{c.method}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        self.run_dir = Path(c.out)
-        self.resume_from = None
-        if c.resume:
-            self.resume_from = find_checkpoint(self.run_dir, c.resume)
-        elif (self.run_dir / "checkpoints").is_dir() and any((self.run_dir / "checkpoints").glob("step_*")):
-            raise ConfigError(f"out: {self.run_dir} already holds checkpoints of another run. Fix: --resume latest "
-                              f"to continue it, or choose a new --out.")
+        # 1a. run directory: its lock, the checkpoint to resume from and what changed since (train/checkpoint.py)
+        open_run_dir(self)
         # on a GPU: will it fit? (the estimate of `python -m sdkit preflight`, said before minutes of loading)
         if torch.cuda.is_available() and acc.is_main_process:
             warning = gpu_warning(c, torch.cuda.get_device_properties(acc.device).total_memory / 1e9)
@@ -242,6 +233,10 @@ class Trainer:
 
     # ---- 3. the loop ---------------------------------------------------------------------------------------
     def fit(self) -> Run:
+        with training(self):  # this run holds the run directory's lock until the end, whatever happens
+            return self._fit()
+
+    def _fit(self) -> Run:
         c, acc = self.config, self.accelerator
         if acc.is_main_process:
             write_run_config(self)
