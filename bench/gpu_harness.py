@@ -34,7 +34,7 @@ Fused AdamW, channels-last and torch.compile are sdkit settings (`optimizer="ada
 `compile_unet`); the cases set them in the config like any user would. `hooks` / `sdkit_lacks` record any option a
 case has to apply from outside (none at present).
 
-Preflight: each case's config is also given to `sdkit.preflight.estimate`; `calibration` compares the estimate with
+Preflight: each case's config is also given to `sdkit.train.preflight.estimate`; `calibration` compares the estimate with
 the measured peak (CUDA: reserved peak + the CUDA context measured at start; CPU: the RAM estimate against peak RSS)
 and, on CUDA, back-solves the activation constant A of the preflight formula per case.
 """
@@ -916,10 +916,10 @@ def summarise_runs(runs: list, warmup: int, batch: int, samples: int, flops: dic
 
 
 def preflight_compare(case: Case, env: dict, measured: dict, context_gb: float, models) -> dict:
-    """sdkit.preflight.estimate(config) against this case's measured peak (sdkit's loop)."""
-    from sdkit.preflight import (ACT_CKPT_GB, ACT_FULL_GB, CONTEXT_GB, estimate)
+    """sdkit.train.preflight.estimate(config) against this case's measured peak (sdkit's loop)."""
+    from sdkit.train.preflight import ACT_CKPT_GB, ACT_FULL_GB, CONTEXT_GB, estimate
     cfg = sdkit_config(case, env, 1, "unused")
-    est = estimate(cfg, _models=models)
+    est = estimate(cfg, models=models)
     out = {"vram_estimate_gb": est.vram_gb, "ram_estimate_gb": est.ram_gb, "parts": est.parts,
            "not_modelled": [k for k in ("compile", "channels_last") if getattr(case, k)]
            + (["adamw_fused (estimate assumes AdamW temporaries)"] if case.optimizer == "adamw_fused" else [])}
@@ -1076,8 +1076,8 @@ def run(a) -> dict:
                                   methods=sorted({c.method for c in cases}))}
     log(f"{len(cases)} cases ({len(cases) - len(runnable)} skipped) on {dev['name']}; model {model_dir}; "
         f"{resolution} px; isolate={isolate}")
-    from sdkit.preflight import _meta_models
-    models = _meta_models(str(model_dir))
+    from sdkit.train.preflight import MetaModels
+    models = MetaModels(str(model_dir))
     result = {
         "harness": "bench/gpu_harness.py", "harness_version": HARNESS_VERSION,
         "command": ["python", "bench/gpu_harness.py"] + sys.argv[1:],

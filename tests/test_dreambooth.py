@@ -120,7 +120,7 @@ def test_preflight_cli_warns_and_proposes_safer_settings(capsys):
 
 
 def test_training_on_a_gpu_warns_before_loading_when_the_config_will_not_fit():
-    """What the loop says first on a GPU (sdkit.preflight.gpu_warning): SD 1.5 full DreamBooth in fp32 on a 15 GB
+    """What the loop says first on a GPU (sdkit.train.preflight.gpu_warning): SD 1.5 full DreamBooth in fp32 on a 15 GB
     T4 does not fit, and the warning names settings that do; a LoRA at 512 px fits and says nothing."""
     from sdkit.train.preflight import gpu_warning
     from sdkit import TrainConfig

@@ -1,7 +1,7 @@
 """Pre-flight: how much GPU memory and RAM a config will need, before it runs; and safe T4 settings.
 
-    report = sdkit.preflight.preflight(config, budget_gb=15)   # prints nothing; report.text() explains
-    config = config.replace(**sdkit.preflight.t4_preset())      # fp16, checkpointing, 8-bit Adam, cached latents
+    report = sdkit.train.preflight.preflight(config, budget_gb=15)   # prints nothing; report.text() explains
+    config = config.replace(**sdkit.train.preflight.t4_preset()) # fp16, checkpointing, 8-bit Adam, cached latents
 
 The estimate adds up what a training step keeps on the GPU (sizes from the model's own configs, built on the meta
 device, so nothing is downloaded or allocated):
