@@ -190,6 +190,14 @@ def test_resume_latest_falls_back_past_a_damaged_checkpoint(run4, tmp_path, dama
     assert found.name == "step_000002" and [p.name for p, _ in damaged] == ["step_000004"]
 
 
+def test_no_intact_checkpoint_left_is_refused_with_each_one_named(run4, tmp_path):
+    out = copy_run(run4, tmp_path)
+    for p in (out / "checkpoints").glob("step_*"):
+        (p / "optimizer.json").write_text("")
+    with pytest.raises(RunDirError, match="no intact checkpoint.*step_000004: optimizer.json has 0 bytes.*step_000002"):
+        find_intact_checkpoint(out)
+
+
 def test_checkpoints_written_before_manifests_are_accepted_when_they_load(run4, tmp_path):
     out = copy_run(run4, tmp_path)
     for p in (out / "checkpoints").glob("step_*"):
