@@ -95,13 +95,16 @@ class RunLock:
                 "started": datetime.datetime.now().isoformat(timespec="seconds"),
                 "command": " ".join(sys.argv)[:300]}
         lock = cls(run_dir, info)
-        for _ in range(5):
+        for attempt in range(5):
             try:
                 fd = os.open(lock.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = _read(lock.path)
                 if holder is None:
-                    continue  # removed in between, or still being written: look again
+                    continue  # removed in between: try again
+                if not holder and attempt < 4:
+                    time.sleep(0.2)  # just created by a run starting now: its details follow at once
+                    continue
                 mine = _HELD.get(str(lock.path))
                 if holder.get("pid") == info["pid"] and holder.get("host") == info["host"]:
                     if mine is not None and mine.busy:
