@@ -21,12 +21,13 @@ from .captioner import DEFAULT_CAPTIONER, Captioner, caption_folder, make_tiny_c
 from .captions import (CLIP_CONTEXT, CaptionPolicy, count_tokens, drop_caption, drop_tags, has_trigger,
                        insert_trigger, join_tags, make_caption, shuffle_tags, split_tags)
 from .dataset import COLOR_WORDS, ImageCaptionDataset
-from .files import IMAGE_EXTS, describe_load_error, load_image, read_caption
+from .files import IMAGE_EXTS, CaptionError, describe_load_error, load_image, read_caption
 from .lint import DATASET_SIZES, Report, check
 from .scan import DataError, Problem, Scan, scan_folder
 from .split import train_val_split
 
-__all__ = ["IMAGE_EXTS", "Problem", "Scan", "scan_folder", "load_image", "read_caption", "describe_load_error",
+__all__ = ["IMAGE_EXTS", "Problem", "Scan", "scan_folder", "load_image", "read_caption", "CaptionError",
+           "describe_load_error",
            "ImageCaptionDataset", "COLOR_WORDS", "DataError", "check", "Report", "DATASET_SIZES", "make_buckets",
            "assign_bucket", "BucketBatchSampler", "train_val_split",
            "CLIP_CONTEXT", "count_tokens", "split_tags", "join_tags", "make_caption", "insert_trigger", "has_trigger",

@@ -38,6 +38,10 @@ DATASET_SIZES = {
     None: (5, "a concept trains from about 5-20 varied images (a subject) or several dozen (a style)"),
 }
 ASPECT_LIMIT = 2.5  # wider than 2.5:1: a square crop keeps less than 40% of the picture
+# A flat picture (one color, or nearly) has no texture for a perceptual hash to see: every flat picture hashes the
+# same. Below this gray-level spread (0-255) two pictures are near duplicates only when their pixels agree too.
+FLAT_STD = 4.0
+FLAT_PIXEL_DIFF = 8.0  # mean absolute difference (0-255) of 16x16 thumbnails under which two flat pictures match
 
 
 @dataclasses.dataclass
@@ -80,8 +84,9 @@ class Report:
                          f"{s['height']['max']} px | caption tokens max {s['tokens']['max']} "
                          f"(CLIP reads {CLIP_CONTEXT})")
         order = {"error": 0, "warning": 1, "info": 2}
+        # per severity, file rows by path, then what concerns the whole folder (its verdict comes last)
         rows = sorted((p for p in self.problems if show_info or p.severity != "info"),
-                      key=lambda p: (order[p.severity], p.path))
+                      key=lambda p: (order[p.severity], p.path == str(self.root), p.path))
         if rows:
             lines.append("")
             lines.append(f"  {'SEVERITY':<8}  MESSAGE")
@@ -136,6 +141,14 @@ class Report:
         return sheet
 
 
+def _alike_pixels(a, b) -> bool:
+    """Whether two (16, 16, 3) thumbnails may be near duplicates: always when both have texture (the perceptual hash
+    decides); for a flat picture only when the pixels agree (pHash calls any two flat pictures equal)."""
+    if min(a.mean(axis=2).std(), b.mean(axis=2).std()) >= FLAT_STD:
+        return True
+    return float(np.abs(a - b).mean()) < FLAT_PIXEL_DIFF
+
+
 def _pixel_hash(im) -> str:
     return hashlib.sha256(im.tobytes() + repr(im.size).encode()).hexdigest()
 
@@ -153,7 +166,7 @@ def check(root, resolution: int = 512, caption_ext: str = ".txt", trigger: str =
     problems = list(scan.problems)
     root = scan.root
     R = lambda p: relative_path(p, root)  # noqa: E731
-    sizes, tokens, phashes, pixel_hashes = [], [], [], {}
+    sizes, tokens, phashes, pixel_hashes, thumbs = [], [], [], {}, []
     # ---- 1. per image: size, aspect, caption length, trigger --------------------------------------------------
     for (path, caption), size in zip(scan.items, scan.sizes):
         im = load_image(path)
@@ -178,6 +191,7 @@ def check(root, resolution: int = 512, caption_ext: str = ".txt", trigger: str =
                                     f"teaches nothing about {trigger!r}."))
         pixel_hashes.setdefault(_pixel_hash(im), []).append(path)
         phashes.append(imagehash.phash(im))
+        thumbs.append(np.asarray(im.resize((16, 16)), dtype=np.float32))  # (16, 16, 3) for flat pictures
     # ---- 2. duplicates: identical pixels, then near duplicates by perceptual hash ------------------------------
     n_dupes = 0
     exact_of = {}
@@ -193,7 +207,8 @@ def check(root, resolution: int = 512, caption_ext: str = ".txt", trigger: str =
     for i in range(len(items)):
         for j in range(i + 1, len(items)):
             d = phashes[i] - phashes[j]
-            if d <= near_duplicate_distance and items[j] not in exact_of and items[i] not in exact_of:
+            if d <= near_duplicate_distance and items[j] not in exact_of and items[i] not in exact_of \
+                    and _alike_pixels(thumbs[i], thumbs[j]):
                 n_dupes += 1
                 problems.append(Problem(str(items[j]), "warning", f"{R(items[j])}: near duplicate of "
                                         f"{R(items[i])} (pHash distance {d} of 64); near-copies are memorized. "
@@ -231,8 +246,10 @@ def check(root, resolution: int = 512, caption_ext: str = ".txt", trigger: str =
                                     f"colors ({', '.join(hits)}); the model would learn wrong colors. "
                                     f"Fix: color_jitter=0 when the concept depends on color."))
     if not n_use:
-        problems.append(Problem(str(root), "error", f"{root.name or root}: no usable image. Fix: add images (png, jpg, webp, "
-                                f"...) with {caption_ext} captions, or fix the errors above."))
+        errors = sum(p.severity == "error" for p in problems)
+        fix = f", or fix the {errors} error(s) listed with this one" if errors else ""
+        problems.append(Problem(str(root), "error", f"{root.name or root}: no usable image. Fix: add images (png, jpg, "
+                                f"webp, ...) with {caption_ext} captions{fix}."))
     # ---- 5. stats ---------------------------------------------------------------------------------------------
     def summary(values):
         return {"min": min(values), "median": statistics.median(values), "max": max(values)} if values else None

@@ -18,7 +18,8 @@ import json
 import re
 from pathlib import Path
 
-from .files import IMAGE_EXTS, describe_load_error, is_noise, load_image, read_caption, relative_path
+from .files import (IMAGE_EXTS, CaptionError, describe_load_error, is_noise, load_image, read_caption_encoding,
+                    relative_path)
 
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 CAPTION_COLUMNS = ("text", "caption", "captions", "prompt", "description", "label", "tags")
@@ -193,11 +194,19 @@ def scan_folder(root, caption_ext: str = ".txt", check_images: bool = True, layo
         resolved = path.resolve() if path.exists() else path
         if cap_path.is_file():
             try:
-                caption = read_caption(cap_path)
+                caption, encoding = read_caption_encoding(cap_path, relative_path(cap_path, root))
+            except CaptionError as e:  # not text: skip the image rather than train it on garbage
+                problems.append(Problem(str(cap_path), "error", f"{e.problem}; {relative_path(path, root)} is "
+                                        f"skipped. {e.fix}"))
+                continue
             except OSError as e:
                 caption = None
                 problems.append(Problem(str(cap_path), "warning", f"{relative_path(cap_path, root)}: cannot be read ({e}); "
                                         f"using the default caption."))
+            else:
+                if encoding == "cp1252":
+                    problems.append(Problem(str(cap_path), "warning", f"{relative_path(cap_path, root)}: not UTF-8; read "
+                                            f"as Windows-1252: {caption[:60]!r}. Fix: if that is wrong, save it as UTF-8."))
             if caption == "":
                 problems.append(Problem(str(cap_path), "warning", f"{relative_path(cap_path, root)}: empty caption; the image "
                                         f"trains unconditionally. Fix: write a caption."))
