@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import typing
 
@@ -48,6 +49,11 @@ class FieldSpec:
         """None when `value` is allowed here; else the message: the field, what was expected and the fix."""
         if value is None and self.optional:
             return None
+        if isinstance(value, float) and not math.isfinite(value) and self.type is float:
+            # nan/inf pass every comparison with min/max and reach torch: one check for every float field
+            fix = "or leave it empty (the default)" if self.default is None else f"e.g. the default {self.default!r}"
+            return f"{self.name}: got {value!r}; expected a finite number (not nan or inf). Fix: give {self.name} " \
+                   f"a number, {fix}."
         wrong = _type_problem(self.name, value, self.type, self.item_type)
         if wrong:
             return wrong
@@ -98,6 +104,8 @@ def _type_problem(name, value, kind, item_type=None) -> typing.Optional[str]:
         float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
         str: lambda v: isinstance(v, (str, os.PathLike)),
     }[kind](value)
+    if ok and kind is float and not math.isfinite(value):  # a list item; single values are checked in problem()
+        return f"{name}: got {value!r}; expected a finite number (not nan or inf). Fix: give {name} a number."
     if ok:
         return None
     return (f"{name}: got {value!r} ({type(value).__name__}); expected {kind.__name__}. "
