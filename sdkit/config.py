@@ -64,6 +64,18 @@ class TrainConfig:
     center_crop: bool = _f(True, "Center-crop after resizing (off: random crop).", "data")
     random_flip: bool = _f(False, "Flip images horizontally at random (off for text, digits or asymmetric subjects).",
                            "data")
+    bucketing: bool = _f(True, "Aspect-ratio buckets: each picture trains whole at the bucket size nearest its shape "
+                         "(about resolution^2 pixels, e.g. 448x576 for a 3:4 photo at 512) instead of a square crop; "
+                         "every micro-batch holds one bucket. All-square data trains exactly as without.", "data")
+    bucket_step: typing.Optional[int] = _f(None, "Bucket side step in pixels (a multiple of 8 that divides the "
+                                           "resolution). Empty: resolution/8 within 8-64 (64 at 512, 8 at the mini "
+                                           "model's 32).", "data", min=8, max=512)
+    min_bucket_side: typing.Optional[int] = _f(None, "Shortest bucket side in pixels. Empty: resolution/2.", "data",
+                                               min=8, max=4096)
+    max_bucket_side: typing.Optional[int] = _f(None, "Longest bucket side in pixels. Empty: 2 x resolution.", "data",
+                                               min=8, max=8192)
+    bucket_no_upscale: bool = _f(False, "A picture smaller than its bucket trains at its own size (rounded down to "
+                                 "bucket_step) instead of being enlarged (kohya's bucket_no_upscale).", "data")
     caption_dropout: float = _f(0.0, "Probability of training on an empty caption, which teaches classifier-free "
                                 "guidance its unconditional branch.", "data", min=0.0, max=1.0)
     cache_latents: bool = _f(False, "Encode each image with the VAE once and keep its latent distribution in memory "
@@ -186,6 +198,10 @@ class TrainConfig:
     sample_prompts: typing.List[str] = _f([], "Prompts for samples. Empty: the first two training captions.",
                                           "sampling")
     sample_seeds: typing.List[int] = _f([0], "Seeds for samples: each prompt is drawn once per seed.", "sampling")
+    sample_width: typing.Optional[int] = _f(None, "Width of samples and evaluation grids in pixels (a multiple of "
+                                            "8). Empty: the training resolution.", "sampling", min=8, max=4096)
+    sample_height: typing.Optional[int] = _f(None, "Height of samples and evaluation grids in pixels (a multiple of "
+                                             "8). Empty: the training resolution.", "sampling", min=8, max=4096)
     sample_steps: int = _f(25, "Denoising steps per sample.", "sampling", min=1, max=1000)
     guidance_scale: float = _f(5.0, "Classifier-free guidance scale for samples.", "sampling", min=0.0, max=30.0)
     negative_prompt: str = _f("", "Negative prompt for samples.", "sampling")
@@ -215,6 +231,14 @@ class TrainConfig:
         if self.resolution is not None and self.resolution % 8:
             raise ConfigError(f"resolution: got {self.resolution}; expected a multiple of 8 (the VAE halves the size "
                               f"three times). Fix: resolution={max(8, self.resolution // 8 * 8)}.")
+        for name in ("bucket_step", "min_bucket_side", "max_bucket_side", "sample_width", "sample_height"):
+            value = getattr(self, name)
+            if value is not None and value % 8:
+                raise ConfigError(f"{name}: got {value}; expected a multiple of 8 (the VAE halves each side three "
+                                  f"times). Fix: {name}={max(8, value // 8 * 8)}, or leave it empty.")
+        if self.min_bucket_side and self.max_bucket_side and self.min_bucket_side > self.max_bucket_side:
+            raise ConfigError(f"min_bucket_side: {self.min_bucket_side} is more than max_bucket_side "
+                              f"({self.max_bucket_side}). Fix: min_bucket_side <= max_bucket_side.")
         if self.optimizer == "adamw8bit":
             import importlib.util
             if importlib.util.find_spec("bitsandbytes") is None:

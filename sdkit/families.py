@@ -181,24 +181,27 @@ def add_time_ids(original_size, crop_top_left, target_size) -> list:
     return [*original_size, *crop_top_left, *target_size]
 
 
-def class_geometry(path, resolution: int) -> dict:
-    """Geometry of a DreamBooth class image as sdkit.methods.dreambooth loads it (short side to R, center crop)."""
+def class_geometry(path, size) -> dict:
+    """Geometry of a DreamBooth class image as sdkit.methods.prior loads it for `size` = R (a square) or (w, h) (its
+    micro-batch's aspect-ratio bucket): resized to cover the size, center crop."""
+    tw, th = (size, size) if isinstance(size, int) else size
     with Image.open(path) as im:
         w, h = im.size
-    s = resolution / min(w, h)
-    rw, rh = max(resolution, round(w * s)), max(resolution, round(h * s))
-    return {"original_size": (h, w), "crop_top_left": ((rh - resolution) // 2, (rw - resolution) // 2),
-            "target_size": (resolution, resolution)}
+    s = max(tw / w, th / h)
+    rw, rh = max(tw, round(w * s)), max(th, round(h * s))
+    return {"original_size": (h, w), "crop_top_left": ((rh - th) // 2, (rw - tw) // 2), "target_size": (th, tw)}
 
 
 def batch_time_ids(trainer, batch) -> torch.Tensor:
     """(b, 6) float32 time ids of a micro-batch: dataset samples from `ImageCaptionDataset.geometry` (the same seeded
-    resize/crop/flip the pixels got, also when latents are cached), DreamBooth class samples from their file."""
+    resize/crop/flip the pixels got, also when latents are cached: with aspect-ratio buckets, the picture's original
+    size, the crop its bucket made and the bucket as target size), DreamBooth class samples from their file (at the
+    micro-batch's bucket: key ("class", j, (w, h)))."""
     c, R = trainer.config, trainer.resolution
     rows = []
     for index, g in zip(batch["index"], batch["g"]):
         if isinstance(index, tuple) and index[0] == "class":
-            geo = class_geometry(trainer.method.class_paths[index[1]], R)
+            geo = class_geometry(trainer.method.class_paths[index[1]], index[2] if len(index) > 2 else R)
         elif isinstance(index, tuple):  # a sample some other method added: assume a whole picture at R
             geo = {"original_size": (R, R), "crop_top_left": (0, 0), "target_size": (R, R)}
         else:

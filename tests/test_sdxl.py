@@ -82,7 +82,8 @@ def test_sdxl_conditioning_equals_the_pipelines_and_time_ids_record_size_and_cro
     for i, (w, h) in enumerate([(96, 64), (64, 80), (48, 48)]):
         Image.new("RGB", (w, h), (200, 30 * i, 30)).save(folder / f"im{i}.png")
         (folder / f"im{i}.txt").write_text(f"picture {i}")
-    config = xl_config.replace(data=str(folder), center_crop=False, random_flip=True, batch_size=3)
+    # square random crops of three shapes in one batch (bucketing=False; with buckets: tests/test_buckets.py)
+    config = xl_config.replace(data=str(folder), center_crop=False, random_flip=True, batch_size=3, bucketing=False)
     trainer = Trainer(config, progress=None)
     batch = trainer._micro_batch(0, 0)
 

@@ -1,6 +1,7 @@
 """`python -m sdkit data ...`: check a data folder, caption it, build the sample sets.
 
     python -m sdkit data check DIR [--json REPORT] [--resolution R] [--caption-ext .txt] [--trigger sks]
+                                   [--batch-size B] [--no-bucketing] [--bucket-step S] [--bucket-no-upscale]
     python -m sdkit data caption DIR [--model Salesforce/blip-image-captioning-base] [--overwrite] [--trigger sks]
     python -m sdkit data samples [--out data_samples]
 
@@ -8,7 +9,9 @@
 """
 from __future__ import annotations
 
+from ..data.buckets import bucket_options, bucket_rows, format_bucket_table
 from ..data.captioner import DEFAULT_CAPTIONER, Captioner, caption_folder
+from ..data.dataset import ImageCaptionDataset
 from ..data.lint import check
 from ..data_samples_build import build_all
 
@@ -19,6 +22,12 @@ def _cmd_check(args):
     report = check(args.dir, resolution=args.resolution, caption_ext=args.caption_ext, trigger=args.trigger or "",
                    kind=args.kind, layout=args.layout)
     print(report.table(show_info=not args.quiet))
+    if report.ok and report.scan is not None:  # the bucket table training will use (and record in buckets.json)
+        buckets = {} if args.no_bucketing else bucket_options(args.resolution, args.bucket_step,
+                                                               args.min_bucket_side, args.max_bucket_side)
+        ds = ImageCaptionDataset(report.scan, args.resolution, bucket_no_upscale=args.bucket_no_upscale, **buckets)
+        report.stats["buckets"] = bucket_rows(ds)
+        print("\n" + format_bucket_table(report.stats["buckets"], args.batch_size))
     if args.json:
         report.to_json(args.json)
         print(f"report written to {args.json}")
@@ -55,6 +64,12 @@ def add_data_commands(sub):
     p.add_argument("--kind", choices=["subject", "style"], default=None, help="for dataset-size advice")
     p.add_argument("--layout", choices=["auto", "folder", "metadata", "kohya"], default="auto")
     p.add_argument("--quiet", action="store_true", help="hide info rows")
+    p.add_argument("--batch-size", type=int, default=1, help="warn about buckets with fewer pictures (default: 1)")
+    p.add_argument("--no-bucketing", action="store_true", help="as training with bucketing=False: one square size")
+    p.add_argument("--bucket-step", type=int, default=None, help="as training's bucket_step (default: resolution/8)")
+    p.add_argument("--min-bucket-side", type=int, default=None, help="default: resolution/2")
+    p.add_argument("--max-bucket-side", type=int, default=None, help="default: 2 x resolution")
+    p.add_argument("--bucket-no-upscale", action="store_true", help="as training's bucket_no_upscale")
     p.set_defaults(func=_cmd_check)
 
     p = dsub.add_parser("caption", help="write sidecar captions with an image-captioning model")

@@ -27,6 +27,13 @@ COLOR_WORDS = {"red", "green", "blue", "yellow", "orange", "purple", "pink", "br
                "colourful", "colorful"}
 
 
+def _size_or_none(path):
+    try:
+        return load_image(path).size
+    except Exception:  # noqa: BLE001 - the scan read it once; a file broken since trains on a neighbor
+        return None
+
+
 class ImageCaptionDataset(torch.utils.data.Dataset):
     """(pixel tensor in [-1, 1] of shape (3, H, W), caption) pairs from a scanned folder.
 
@@ -36,15 +43,17 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
     - color_jitter: max relative change of brightness / contrast / saturation (0: off); do not use it when the
       concept is a color (`color_warning` says so).
     - caption_transform: a function (caption, rng) -> caption, e.g. `sdkit.data.CaptionPolicy(...)`.
-    - buckets: a list of (w, h) from `make_buckets`; each image is resized and cropped to its nearest bucket
-      (`bucket_of[i]`), and `BucketBatchSampler(self.bucket_of, ...)` batches same-size items.
+    - buckets: a list of (w, h) from `make_buckets` (or `**bucket_options(resolution)`); each image is resized to
+      cover its nearest bucket and cropped to it (`bucket_of[i]`); batches must hold one bucket (the training loop's
+      BatchPlan, or `BucketBatchSampler(self.bucket_of, ...)`). bucket_no_upscale: a smaller picture gets its own
+      size rounded down to `bucket_step` (at least `min_bucket_side`) instead of being enlarged.
     Items also carry `original_size`, `crop_top_left`, `target_size` (SDXL's size/crop conditioning, sdkit.families);
     `geometry(index, seed)` gives them without decoding the image (cached latents).
     """
 
     def __init__(self, scan: Scan, resolution: int, center_crop: bool = True, random_flip: bool = False,
                  color_jitter: float = 0.0, caption_transform=None, buckets=None, bucket_no_upscale: bool = False,
-                 background=(255, 255, 255)):
+                 background=(255, 255, 255), bucket_step: int = None, min_bucket_side: int = None):
         self.scan, self.resolution = scan, resolution
         self.center_crop, self.random_flip = center_crop, random_flip
         self.color_jitter, self.caption_transform, self.background = color_jitter, caption_transform, background
@@ -53,9 +62,11 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         self.buckets = buckets
         self.item_bucket = None
         if buckets:
-            step = math.gcd(*[s for b in buckets for s in b])
-            sizes = [s if s is not None else load_image(p).size for (p, _), s in zip(scan.items, scan.sizes)]
-            self.item_bucket = [assign_bucket(s, buckets, bucket_no_upscale, step) for s in sizes]
+            step = bucket_step or math.gcd(*[s for b in buckets for s in b])
+            sizes = [s if s is not None else _size_or_none(p) for (p, _), s in zip(scan.items, scan.sizes)]
+            # a file that can no longer be read trains on a neighbor (see __getitem__): give it the square bucket
+            self.item_bucket = [assign_bucket(s, buckets, bucket_no_upscale, step, min_bucket_side) if s else
+                                assign_bucket((1, 1), buckets) for s in sizes]
         self._bad = set()
         self._image_sizes = {}  # item -> (w, h) of the file, remembered for `geometry`
 
@@ -133,10 +144,10 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         pixels, caption, _ = self._load(index, rng)
         return pixels, caption
 
-    def _load(self, index: int, rng: np.random.Generator | None = None):
+    def _load(self, index: int, rng: np.random.Generator | None = None, size=None):
         item = self._item_of[index]
         path, caption = self.scan.items[item]
-        size = self.item_bucket[item] if self.item_bucket else (self.resolution, self.resolution)
+        size = size or self.bucket_of_item(item)
         im = load_image(path, self.background)
         self._image_sizes[item] = im.size
         pixels, geometry = self._transform(im, size, rng)
@@ -146,7 +157,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         """The SDXL size/crop conditioning of sample `(index, seed)` — the same as `self[(index, seed)]` gives —
         without decoding the image again (its size is remembered from the last load, or read from the scan)."""
         item = self._item_of[index]
-        size = self.item_bucket[item] if self.item_bucket else (self.resolution, self.resolution)
+        size = self.bucket_of_item(item)
         im_size = self._image_sizes.get(item) or self.scan.sizes[item]
         if im_size is None:
             try:
@@ -156,12 +167,18 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
         rng = np.random.default_rng(seed) if seed is not None else None
         return self._geometry(im_size, size, *self._placement(im_size, size, rng))
 
-    def __getitem__(self, item):
+    def bucket_of_item(self, item: int) -> tuple:
+        """(w, h) the picture `item` of the scan trains at: its bucket, or the square resolution."""
+        return tuple(self.item_bucket[item]) if self.item_bucket else (self.resolution, self.resolution)
+
+    def __getitem__(self, item, size=None):
         # item = (dataset index, per-sample seed): crops and flips are reproducible, also after a resume.
+        # size: (w, h) to load at (a replacement for a broken file keeps the bucket of the sample it replaces)
         index, seed = item if isinstance(item, tuple) else (item, None)
         rng = np.random.default_rng(seed) if seed is not None else None
+        size = size or self.bucket_of_item(self._item_of[index])
         try:
-            pixels, caption, geometry = self._load(index, rng)
+            pixels, caption, geometry = self._load(index, rng, size)
         except Exception as e:  # noqa: BLE001 - a file broke after the scan: warn once, train on a neighbor
             path = self.scan.items[self._item_of[index]][0]
             if path not in self._bad:
@@ -170,7 +187,7 @@ class ImageCaptionDataset(torch.utils.data.Dataset):
             if len(self._bad) >= len(self.scan.items):
                 raise DataError("no image of the data folder can be read any more (files deleted or changed "
                                 "during training?)") from e
-            return self[((index + 1) % len(self), seed)]
+            return self.__getitem__(((index + 1) % len(self), seed), size)
         # original_size / crop_top_left / target_size: SDXL's micro-conditioning (sdkit.families); SD 1.x ignores them
         return {"pixels": pixels, "caption": self._transform_caption(caption, seed), "index": index, **geometry}
 

@@ -82,13 +82,16 @@ class CheckpointSwitcher:
         self.current = name
         return self.pipe
 
-    def settings(self, steps=None, guidance_scale=None, resolution=None) -> dict:
-        """The sampling settings of the run's own samples, unless overridden."""
+    def settings(self, steps=None, guidance_scale=None, resolution=None, width=None, height=None) -> dict:
+        """The sampling settings of the run's own samples (its sample_width x sample_height, else its training
+        resolution), unless overridden: `resolution` for a square, `width` / `height` for any size."""
         c = self.config
         size = resolution or c.resolution or native_resolution(self.pipe)
+        width = width or (None if resolution else c.sample_width) or size
+        height = height or (None if resolution else c.sample_height) or size
         return {"steps": int(steps or c.sample_steps), "guidance_scale": float(
-            c.guidance_scale if guidance_scale is None else guidance_scale), "height": size, "width": size,
-            "negative_prompt": c.negative_prompt}
+            c.guidance_scale if guidance_scale is None else guidance_scale), "height": int(height),
+            "width": int(width), "negative_prompt": c.negative_prompt}
 
     def draw(self, name, prompts, seeds, scale: float = 1.0, **settings) -> list:
         """Images of checkpoint `name` at LoRA strength `scale`, prompt-major like sdkit.sample.generate."""
@@ -152,8 +155,12 @@ class Grid:
 
 
 def checkpoint_grid(run, prompts, seeds=(0, 1), checkpoints="all", scales=(1.0,), steps=None, guidance_scale=None,
-                    include_base: bool = True, switcher: CheckpointSwitcher = None, progress=None) -> Grid:
+                    include_base: bool = True, switcher: CheckpointSwitcher = None, progress=None, width=None,
+                    height=None) -> Grid:
     """Draw every (checkpoint, LoRA strength, prompt, seed) of `run` with the same settings. Returns a Grid.
+
+    Pictures are the run's sample size (sample_width x sample_height, else its resolution) unless `width` /
+    `height` say otherwise (a non-square grid for a run trained with aspect-ratio buckets).
 
     The base model (step 0) is the first row. `scales` are LoRA strengths (0 = base model, 1 = as trained; they
     go through `cross_attention_kwargs={"scale": s}`); for full fine-tunes only 1 is meaningful."""
@@ -163,7 +170,7 @@ def checkpoint_grid(run, prompts, seeds=(0, 1), checkpoints="all", scales=(1.0,)
         raise ValueError(f"scales {list(scales)}: a strength needs a LoRA-like run; {run.path} is method "
                          f"{switcher.config.method!r}. Fix: scales=(1.0,).")
     names = select_checkpoints(run, checkpoints, include_base)
-    settings = switcher.settings(steps, guidance_scale)
+    settings = switcher.settings(steps, guidance_scale, width=width, height=height)
     cells = {}
     for name in names:
         for s in scales:

@@ -90,16 +90,18 @@ def ensure_class_images(pipe, folder, prompt: str, n: int, resolution: int, step
     return paths[:n]
 
 
-def load_pixels(path: Path, resolution: int) -> torch.Tensor:
-    """(3, R, R) in [-1, 1]: shorter side resized to R, center crop (class images need no augmentation)."""
+def load_pixels(path: Path, size) -> torch.Tensor:
+    """(3, h, w) in [-1, 1] for `size` = R (a square) or (w, h) (the micro-batch's aspect-ratio bucket): resized to
+    cover it, center crop (class images need no augmentation)."""
     from PIL import Image
+    tw, th = (size, size) if isinstance(size, int) else size
     im = Image.open(path).convert("RGB")
     w, h = im.size
-    s = resolution / min(w, h)
-    im = im.resize((max(resolution, round(w * s)), max(resolution, round(h * s))), Image.BICUBIC)
+    s = max(tw / w, th / h)
+    im = im.resize((max(tw, round(w * s)), max(th, round(h * s))), Image.BICUBIC)
     w, h = im.size
-    left, top = (w - resolution) // 2, (h - resolution) // 2
-    im = im.crop((left, top, left + resolution, top + resolution))
+    left, top = (w - tw) // 2, (h - th) // 2
+    im = im.crop((left, top, left + tw, top + th))
     x = torch.from_numpy(np.asarray(im, dtype=np.float32) / 127.5 - 1.0)
     return x.permute(2, 0, 1).contiguous()
 
@@ -151,10 +153,10 @@ class PriorPreservation:
         epoch, pos = divmod(g, k)
         return int(epoch_permutation(self.config.seed, epoch, k, Stream.CLASS_ORDER)[pos])
 
-    def _class_pixels(self, j: int, resolution: int) -> torch.Tensor:
-        if j not in self.class_pixels:  # a few KB each at mini size; decoded once
-            self.class_pixels[j] = load_pixels(self.class_paths[j], resolution)
-        return self.class_pixels[j]
+    def _class_pixels(self, j: int, size: tuple) -> torch.Tensor:
+        if (j, size) not in self.class_pixels:  # a few KB each at mini size; decoded once per bucket size
+            self.class_pixels[(j, size)] = load_pixels(self.class_paths[j], size)
+        return self.class_pixels[(j, size)]
 
     def extend_batch(self, trainer, batch):
         """Instance captions -> instance_prompt (when given); append one class sample per instance sample."""
@@ -166,14 +168,15 @@ class PriorPreservation:
         if not self.prior:
             return batch
         js = [self._class_index(g) for g in batch["g"]]
-        keys = [("class", j) for j in js]
+        size = trainer.dataset.bucket_of[batch["index"][0]]  # (w, h): a micro-batch is one aspect-ratio bucket
+        keys = [("class", j, size) for j in js]
         pixels = batch["pixels"]
         if pixels is None and not all(k in trainer.latent_cache for k in keys):
             # instance latents cached, some class ones not yet: decode the instance images too (first epoch only)
             items = [trainer.dataset[(i, sample_seed(c.seed, g))] for i, g in zip(batch["index"], batch["g"])]
             pixels = torch.stack([it["pixels"] for it in items])
         if pixels is not None:
-            pixels = torch.cat([pixels, torch.stack([self._class_pixels(j, trainer.resolution) for j in js])])
+            pixels = torch.cat([pixels, torch.stack([self._class_pixels(j, size) for j in js])])
         return {"pixels": pixels, "captions": batch["captions"] + [self.class_captions[j] for j in js],
                 "g": batch["g"] + [CLASS_OFFSET + g for g in batch["g"]], "index": batch["index"] + keys,
                 "n_instance": n}

@@ -13,7 +13,8 @@ import numpy as np
 
 from .world import COLORS, GLYPH_SIZE, render
 
-__all__ = ["star_alpha", "glyph_images", "write_glyph_set", "TOKEN", "CLASS_WORD"]
+__all__ = ["star_alpha", "glyph_images", "write_glyph_set", "write_mixed_glyph_set", "MIXED_SHAPES", "TOKEN",
+           "CLASS_WORD"]
 
 TOKEN, CLASS_WORD = "sks", "glyph"
 
@@ -59,4 +60,30 @@ def write_glyph_set(out_dir, n: int = 24, seed: int = 0) -> Path:
     for i, (im, cap) in enumerate(zip(images, captions)):
         Image.fromarray(im).save(out / f"star_{i:02d}.png")
         (out / f"star_{i:02d}.txt").write_text(cap + "\n")
+    return out
+
+
+# (columns, rows) of glyph tiles: square, portrait 1:2, landscape 2:1, panorama 3:1 — the shapes of phone photos,
+# screenshots and panoramas in the mini world (each tile 32 px, so a 1:2 picture is 32x64).
+MIXED_SHAPES = ((1, 1), (1, 2), (2, 1), (3, 1))
+NUMBER_WORDS = {1: "a", 2: "two", 3: "three"}
+
+
+def write_mixed_glyph_set(out_dir, n: int = 8, seed: int = 0, shapes=MIXED_SHAPES) -> Path:
+    """A folder of n captioned glyph pictures of mixed shapes (picture i: `shapes[i % len(shapes)]` tiles, one star
+    per tile, so cropping a non-square picture to a square cuts stars), for aspect-ratio buckets (notebook 03)."""
+    from PIL import Image
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng([seed, 4343])
+    pairs = [(f, b) for f in COLORS for b in COLORS if f != b]
+    for i in range(n):
+        fg, bg = pairs[int(rng.integers(len(pairs)))]
+        cols, rows = shapes[i % len(shapes)]
+        tiles = [[render(star_alpha(rng), fg, bg) for _ in range(cols)] for _ in range(rows)]
+        picture = np.concatenate([np.concatenate(row, axis=1) for row in tiles], axis=0)  # (32 rows, 32 cols, 3)
+        count = cols * rows
+        word = f"{NUMBER_WORDS.get(count, count)} {fg} {TOKEN} {CLASS_WORD}{'s' if count > 1 else ''}"
+        Image.fromarray(picture).save(out / f"mixed_{i:02d}.png")
+        (out / f"mixed_{i:02d}.txt").write_text(f"{word} on a {bg} background\n")
     return out

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from ..config import ConfigError, TrainConfig
 from ..data.captions import CaptionPolicy
-from ..data.dataset import ImageCaptionDataset
 from ..data.scan import scan_folder
 from ..data.split import train_val_split
 from ..families import family_for_model
@@ -33,7 +32,7 @@ from ..rng import Stream, sample_seed
 from ..run import Run, pipeline_from_checkpoint
 from .accelerator import StopFlag, make_accelerator
 from .advice import TrainingError, nan_diagnosis, oom_advice
-from .batches import batches, micro_batch, posterior
+from .batches import batches, micro_batch, posterior, training_dataset, write_bucket_table
 from .callbacks import (CheckpointCallback, MetricsCallback, PrintCallback, ProgressCallback, SampleCallback,
                         TensorBoardCallback, ValidationCallback)
 from .checkpoint import load_checkpoint, open_run_dir, save_checkpoint, starting, training, write_run_config
@@ -167,8 +166,7 @@ class Trainer:
         if c.trigger_token or c.shuffle_caption or c.tag_dropout:
             policy = CaptionPolicy(trigger=c.trigger_token, shuffle=c.shuffle_caption, keep_tokens=c.keep_tokens,
                                    tag_dropout=c.tag_dropout)
-        self.dataset = ImageCaptionDataset(self.scan, self.resolution, c.center_crop, c.random_flip,
-                                           color_jitter=c.color_jitter, caption_transform=policy)
+        self.dataset = training_dataset(self, policy)  # aspect-ratio buckets when c.bucketing (batches.py)
         if self.dataset.color_warning():
             self.message("warning", self.dataset.color_warning())
         self.latent_cache = {}  # dataset index -> (posterior mean, std), when cache_latents
@@ -240,6 +238,7 @@ class Trainer:
         c, acc = self.config, self.accelerator
         if acc.is_main_process:
             write_run_config(self)
+            write_bucket_table(self)  # RUN/buckets.json: size -> pictures
         acc.wait_for_everyone()
         self.stop.install()
         self.emit("on_train_start")  # step 0 samples (SampleCallback)

@@ -9,7 +9,7 @@ from ..checkpoint import step_name
 from ..sample import generate, make_grid
 from .ema import evaluation
 
-__all__ = ["sample_prompts", "draw_samples"]
+__all__ = ["sample_prompts", "sample_size", "draw_samples"]
 
 
 def sample_prompts(trainer) -> list:
@@ -24,6 +24,13 @@ def sample_prompts(trainer) -> list:
     return [trainer.method.sample_prompt(p) for p in prompts]
 
 
+def sample_size(trainer) -> tuple:
+    """(width, height) of the samples: sample_width / sample_height, each defaulting to the training resolution (a
+    model trained with aspect-ratio buckets can draw a portrait or landscape picture)."""
+    c = trainer.config
+    return c.sample_width or trainer.resolution, c.sample_height or trainer.resolution
+
+
 def draw_samples(trainer, step: int) -> None:
     """Draw the fixed prompts x seeds at `step` into samples/step_XXXXXX/ (main process; the others wait), then
     tell the callbacks (`on_sample`)."""
@@ -34,9 +41,10 @@ def draw_samples(trainer, step: int) -> None:
         out.mkdir(parents=True, exist_ok=True)
         with evaluation(trainer), torch.no_grad(), acc.autocast():
             prompts = sample_prompts(trainer)
+            width, height = sample_size(trainer)
             images = generate(trainer.pipeline(), prompts, c.sample_seeds, steps=c.sample_steps,
                               guidance_scale=c.guidance_scale, negative_prompt=c.negative_prompt,
-                              height=trainer.resolution, width=trainer.resolution)
+                              height=height, width=width)
         paths = []
         for i, im in enumerate(images):
             p, s = divmod(i, len(c.sample_seeds))
