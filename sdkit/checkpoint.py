@@ -24,9 +24,10 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .config import ConfigError
+from .data.files import write_safetensors
 
 __all__ = ["step_name", "write_checkpoint", "read_checkpoint", "find_checkpoint", "list_checkpoints",
            "flatten_state", "unflatten_state", "verify_checkpoint", "find_intact_checkpoint", "clean_orphans",
@@ -135,12 +136,12 @@ def _sha256(path: Path) -> str:
 
 
 def _write_files(tmp: Path, step, trainable, opt_tensors, opt_rest, ema, state):
-    save_file({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, tmp / "trainable.safetensors",
-              metadata={"format": "pt", "step": str(step)})
-    save_file(opt_tensors, tmp / "optimizer.safetensors")
+    write_safetensors({k: v.detach().contiguous().cpu() for k, v in trainable.items()}, tmp / "trainable.safetensors",
+                      metadata={"format": "pt", "step": str(step)})
+    write_safetensors(opt_tensors, tmp / "optimizer.safetensors")
     (tmp / "optimizer.json").write_text(json.dumps(opt_rest))
     if ema is not None:
-        save_file(ema[0], tmp / "ema.safetensors")
+        write_safetensors(ema[0], tmp / "ema.safetensors")
         (tmp / "ema.json").write_text(json.dumps(ema[1]))
     (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
     # the manifest last: sizes and hashes of everything above

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from .data.captions import has_trigger, insert_trigger
+from .data.files import write_safetensors
 from .export import export
 from .methods import make_method
 from .models import PRESETS
@@ -107,7 +108,7 @@ def _strip_local_paths(path: Path, paths: dict):
     """Rewrite a .safetensors file's metadata with local paths replaced by folder names (kohya's ss_* fields carry
     the data folder and base model path)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
     clean = {}
@@ -116,7 +117,7 @@ def _strip_local_paths(path: Path, paths: dict):
             v = v.replace(old, new)
         clean[k] = v
     if clean != meta:
-        save_file(load_file(str(path)), str(path), metadata=clean)
+        write_safetensors(load_file(str(path)), str(path), metadata=clean)
 
 
 def build_upload_folder(run, folder, repo: str, formats=None, checkpoint=None, license=None, base_model=None) -> dict:

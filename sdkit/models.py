@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .data.captions import TOKENIZER_DIR, clip_tokenizer  # the offline CLIP tokenizer (re-exported here)
+from .data.files import respect_umask
 
 __all__ = ["PRESETS", "resolve_model", "load_pipeline", "clip_tokenizer", "make_tiny", "data_samples_dir",
            "native_resolution", "ModelNotFound", "save_pipeline", "is_sdxl_model", "make_tiny_sdxl", "TOKENIZER_DIR"]
@@ -243,6 +244,7 @@ def save_pipeline(pipe, out_dir) -> Path:
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     pipe.save_pretrained(tmp)
+    respect_umask(tmp)  # safetensors writes 0600 files
     if out_dir.exists():
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .captions import clip_tokenizer, insert_trigger
-from .files import load_image
+from .files import load_image, respect_umask
 from .scan import scan_folder
 
 __all__ = ["DEFAULT_CAPTIONER", "Captioner", "make_tiny_captioner", "caption_folder"]
@@ -74,7 +74,7 @@ def make_tiny_captioner(out_dir, seed: int = 0) -> Path:
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    return out_dir
+    return respect_umask(out_dir)
 
 
 def caption_folder(folder, captioner, caption_ext: str = ".txt", overwrite: bool = False, trigger: str = "",

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.files import write_safetensors
 from ..models import load_pipeline
 from .kohya import kohya_metadata, kohya_name
 from .lora import LoRAMethod
@@ -59,7 +60,6 @@ class DoRAMethod(LoRAMethod):
         return changes
 
     def write_kohya(self, unet_sd, te_sd, out: Path, info, dtype=torch.float16) -> Path:
-        from safetensors.torch import save_file
         c = self.config
         if out.suffix != ".safetensors":
             out = out / f"{info.name}.safetensors"
@@ -67,5 +67,5 @@ class DoRAMethod(LoRAMethod):
         tensors = {f"{name}.diff": d.to(dtype).contiguous() for name, d in self.weight_changes(unet_sd, te_sd).items()}
         meta = kohya_metadata(info, "lycoris.kohya", c.lora_rank, self.alpha(),
                               {"algo": "full", "trained_as": "dora", "targets": c.lora_targets}, unet_sd, te_sd)
-        save_file(tensors, str(out), metadata=meta)
+        write_safetensors(tensors, str(out), metadata=meta)
         return out

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError
+from ..data.files import respect_umask, write_safetensors
 from .base import PIPELINE_EXPORTS, TEXT_ENCODER_LORA_TARGETS, PeftAdapterMethod, split_prefix
 from .kohya import kohya_metadata, peft_modules, peft_to_kohya
 
@@ -82,7 +83,6 @@ class LoRAMethod(PeftAdapterMethod):
 
     def write_kohya(self, unet_sd, te_sd, out: Path, info, dtype=torch.float16) -> Path:
         """One kohya .safetensors (A1111, ComfyUI, kohya, diffusers `load_lora_weights`). fp16 like kohya's files."""
-        from safetensors.torch import save_file
         c = self.config
         if out.suffix != ".safetensors":
             out = out / f"{info.name}.safetensors"
@@ -91,7 +91,7 @@ class LoRAMethod(PeftAdapterMethod):
         if self.use_dora:
             args["dora_wd"] = True
         meta = kohya_metadata(info, self.network_module, c.lora_rank, self.alpha(), args, unet_sd, te_sd)
-        save_file(self.kohya_tensors(unet_sd, te_sd, dtype), str(out), metadata=meta)
+        write_safetensors(self.kohya_tensors(unet_sd, te_sd, dtype), str(out), metadata=meta)
         return out
 
     def adapter_metadata(self, sd) -> dict:
@@ -113,4 +113,4 @@ class LoRAMethod(PeftAdapterMethod):
             unet_lora_adapter_metadata=self.adapter_metadata(unet_sd),
             text_encoder_lora_adapter_metadata=self.adapter_metadata(te_sd) if te_sd else None,
             safe_serialization=True)
-        return out
+        return respect_umask(out)

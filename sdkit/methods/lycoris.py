@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..config import ConfigError
+from ..data.files import write_safetensors
 from .base import TEXT_ENCODER_LORA_TARGETS, PIPELINE_EXPORTS, PeftAdapterMethod, split_prefix
 from .kohya import kohya_name
 from .lora import ATTN_FF, CONVS
@@ -159,7 +160,6 @@ def lycoris_delta(tensors: dict, name: str, shape) -> torch.Tensor:
 def export_lycoris(method, unet_sd, te_sd, out, info, dtype=torch.float16) -> Path:
     """One .safetensors in the LyCORIS layout (AUTOMATIC1111's Lora extension, ComfyUI), with ss_* metadata."""
     import json
-    from safetensors.torch import save_file
     rank, alpha, kind = method.config.lora_rank, method.alpha(), method.kind
     out = Path(out)
     if out.suffix != ".safetensors":
@@ -169,5 +169,5 @@ def export_lycoris(method, unet_sd, te_sd, out, info, dtype=torch.float16) -> Pa
     meta = {"ss_network_module": "lycoris.kohya", "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),
             "ss_network_args": json.dumps({"algo": kind}), "sdkit_version": info.version,
             "sdkit_note": "peft scale alpha/rank folded into w1; alpha = dim"}
-    save_file(tensors, str(out), metadata=meta)
+    write_safetensors(tensors, str(out), metadata=meta)
     return out

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
+from ..data.files import write_safetensors
 from .base import PIPELINE_EXPORTS, Method
 
 __all__ = ["TextualInversionMethod", "TokenVectors", "write_embedding"]
@@ -188,12 +189,11 @@ class TextualInversionMethod(Method):
 # ---- export ------------------------------------------------------------------------------------------------------
 def write_embedding(vectors, token: str, out, dtype=torch.float32) -> Path:
     """Write the embedding as `{"emb_params": (n, dim)}` safetensors (AUTOMATIC1111 and diffusers read it)."""
-    from safetensors.torch import save_file
     out = Path(out)
     if out.suffix != ".safetensors":
         out = out / f"{token.strip('<>') or 'embedding'}.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"emb_params": vectors.to(dtype).contiguous()}, str(out),
+    write_safetensors({"emb_params": vectors.to(dtype).contiguous()}, str(out),
               metadata={"token": token, "num_vectors": str(vectors.shape[0]), "dim": str(vectors.shape[1]),
                         "format": "textual-inversion (A1111 emb_params)"})
     return out

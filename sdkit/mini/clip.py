@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.captions import TOKENIZER_DIR
+from ..data.files import respect_umask
 from .world import (CAPTION_STYLES, COLORS, DATA_SAMPLES, GLYPHS, IMAGE_SIZE, SHAPES, build_dataset, caption,
                     color_pairs, glyph_index, held_out_combos, label_key, train_combos, warmup_cosine)
 
@@ -122,6 +123,7 @@ def export_text_encoder(clip_dir=None, out_dir=None, dtype=torch.float16) -> Pat
     getattr(text, "text_model", text).load_state_dict(clip.text_model.state_dict(), strict=True)
     out = Path(out_dir)
     text.to(dtype).save_pretrained(str(out))
+    respect_umask(out)
     save_tokenizer(out)
     return out
 
@@ -306,6 +308,7 @@ def train_clip(out_dir=CLIP_DIR, steps: int = 1400, seed: int = 0, batch_size: i
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.to(save_dtype).save_pretrained(str(out))
+    respect_umask(out)
     save_tokenizer(out)
     try:
         from transformers import CLIPImageProcessor

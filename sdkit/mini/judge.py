@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.files import write_safetensors
 from .world import (COLORS, DATA_SAMPLES, GLYPHS, IMAGE_SIZE, PALETTE, SHAPES, color_pairs, glyph_index, mnist_split,
                     render, shape_glyph, warmup_cosine)
 
@@ -153,11 +154,10 @@ class Judge:
         return cls(model, config)
 
     def save(self, path) -> Path:
-        from safetensors.torch import save_file
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(path / "model.safetensors"))
+        write_safetensors({k: v.contiguous() for k, v in self.model.state_dict().items()}, str(path / "model.safetensors"))
         cfg = {"arch": "sdkit-mini-judge", "classes": list(GLYPHS), "palette": dict(PALETTE),
                "fg_top_k": FG_TOP_K, **self.config}
         (path / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")

@@ -20,6 +20,7 @@ import torch
 from ..checkpoint import find_checkpoint, read_checkpoint
 from ..config import TrainConfig
 from ..data.captions import TOKENIZER_DIR
+from ..data.files import respect_umask
 from ..models import load_pipeline
 from ..train.loop import train
 from .clip import export_text_encoder
@@ -104,6 +105,7 @@ def export_trained(run, init_dir, out_dir, use_ema: bool = True, dtype=torch.flo
     pipe.unet.to(dtype), pipe.vae.to(dtype)
     pipe.text_encoder.to(torch.float32)
     pipe.save_pretrained(str(tmp))
+    respect_umask(tmp)
     # transformers 5 writes the tokenizer as a 3.6 MB tokenizer.json; vocab.json + merges.txt (the same CLIP BPE,
     # 1.5 MB) keep the folder inside its size budget and load in every transformers version.
     for name in ("vocab.json", "merges.txt"):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.files import respect_umask
 from .judge import Judge
 from .world import DATA_SAMPLES, IMAGE_SIZE, build_dataset, warmup_cosine
 
@@ -180,6 +181,7 @@ def train_vae(out_dir=VAE_DIR, steps: int = 1600, seed: int = 0, batch_size: int
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vae.to(save_dtype).save_pretrained(str(out))
+    respect_umask(out)
     (out / "sdkit_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"[vae] PSNR {metrics['psnr_val']:.2f} dB on held-out-digit pictures; scaling_factor {sf:.4f}; "
           f"judge joint originals {metrics.get('judge_joint_originals')} reconstructions "
