@@ -29,7 +29,9 @@ from collections import Counter
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
+from .data.files import respect_umask, write_safetensors
 from .export import save_single_file
 from .models import load_pipeline, resolve_model
 
@@ -92,10 +94,21 @@ def load_checkpoint(path, trust_pickle: bool = False):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file. Fix: check the path.")
     mmap = zipfile.is_zipfile(path)  # torch's zip format can be memory-mapped: a 4 GB .ckpt without 4 GB of RAM
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if not mmap and (len(head) < 2 or head[0] != 0x80 or head[1] > 5):
+        # torch.save writes a zip archive (PK...) or, before torch 1.6, a pickle (protocol mark 0x80 0x02..0x05)
+        what = "a damaged PyTorch checkpoint (a zip archive cut short: a truncated download?" if head == b"PK" else \
+            f"not a PyTorch checkpoint (neither a zip archive nor a pickle: it starts with {head.hex() or 'nothing'}"
+        raise ConvertError(f"{path}: {what}; {path.stat().st_size} bytes). Nothing was loaded. Fix: re-download it, "
+                           f"or check that it is the weights file and not e.g. an HTML page.")
     if trust_pickle:
         print(f"warning: loading {path.name} with full unpickling (--trust-pickle): any code inside it runs now, "
               f"with your permissions. Do this only for files from a source you trust.", file=sys.stderr)
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+        except Exception as e:  # noqa: BLE001 - a damaged file fails anywhere inside the unpickler
+            raise _unreadable(path, e) from None
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
@@ -114,11 +127,21 @@ def load_checkpoint(path, trust_pickle: bool = False):
             f"embedded in it, with your permissions (a pickle can call any function: delete files, install "
             f"malware). Nothing was loaded. Fix: if the file comes from a source you trust, run again with "
             f"--trust-pickle; otherwise get a .safetensors version of it (most model pages offer one).") from None
-    except (RuntimeError, KeyError, EOFError, ValueError) as e:
-        raise ConvertError(f"{path}: torch.load cannot read it ({e.__class__.__name__}: "
-                           f"{str(e).splitlines()[0][:200] if str(e) else ''}). Expected a PyTorch checkpoint "
-                           f"(.ckpt/.pt/.pth/.bin written by torch.save). Fix: check the file is complete "
-                           f"(re-download it) and is a PyTorch file.") from None
+    except Exception as e:  # noqa: BLE001 - a damaged file fails anywhere inside the unpickler (IndexError, ...)
+        raise _unreadable(path, e) from None
+
+
+def _unreadable(path, e) -> "ConvertError":
+    return ConvertError(f"{path}: torch.load cannot read it ({e.__class__.__name__}: "
+                        f"{str(e).splitlines()[0][:200] if str(e) else ''}). Expected a PyTorch checkpoint "
+                        f"(.ckpt/.pt/.pth/.bin written by torch.save). Fix: check the file is complete "
+                        f"(re-download it) and is a PyTorch file.")
+
+
+def _bad_safetensors(path, e) -> "ConvertError":
+    return ConvertError(f"{path}: not a readable .safetensors file ({str(e).splitlines()[0][:200]}; "
+                        f"{Path(path).stat().st_size} bytes). Nothing was written. Fix: re-download it (a "
+                        f"truncated download looks like this), or check that it is a .safetensors weights file.")
 
 
 def unwrap_tensors(obj) -> tuple:
@@ -161,7 +184,6 @@ def save_safetensors(tensors: dict, out, metadata: dict, dtype=None) -> dict:
     """Write `tensors` to `out`: floating tensors cast to `dtype` (None: kept), all contiguous, and tensors that
     share memory cloned (safetensors refuses shared storage; torch.load keeps the sharing torch.save saw).
     Returns the tensors as written."""
-    from safetensors.torch import save_file
     ready, seen = {}, set()
     for name, t in tensors.items():
         t = t.detach()
@@ -176,7 +198,7 @@ def save_safetensors(tensors: dict, out, metadata: dict, dtype=None) -> dict:
         ready[name] = t
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(ready, str(out), metadata={k: str(v) for k, v in metadata.items()})
+    write_safetensors(ready, out, metadata={k: str(v) for k, v in metadata.items()})
     return ready
 
 
@@ -207,7 +229,10 @@ def _read_state_dict(src: Path, trust_pickle: bool) -> tuple:
     """({name: tensor}, skipped) from a .safetensors or a pickled checkpoint."""
     if src.suffix == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(src)), []
+        try:
+            return load_file(str(src)), []
+        except SafetensorError as e:
+            raise _bad_safetensors(src, e) from None
     if src.suffix.lower() in PICKLE_SUFFIXES:
         return unwrap_tensors(load_checkpoint(src, trust_pickle))
     raise ConvertError(f"{src}: unknown kind of file ({src.suffix or 'no extension'}). Expected a .safetensors, "
@@ -245,10 +270,13 @@ def single_file_to_folder(src, out, config_from=DEFAULT_CONFIG_FROM, dtype=None,
     src, out = Path(src), Path(out)
     if src.suffix == ".safetensors":  # keys and dtypes from the header: no second copy of a 4 GB file in memory
         from safetensors import safe_open
-        with safe_open(str(src), "pt") as fh:
-            keys = list(fh.keys())
-            floats = [_SAFETENSORS_DTYPES[d] for d in (fh.get_slice(k).get_dtype() for k in keys)
-                      if d in _SAFETENSORS_DTYPES]
+        try:
+            with safe_open(str(src), "pt") as fh:
+                keys = list(fh.keys())
+                floats = [_SAFETENSORS_DTYPES[d] for d in (fh.get_slice(k).get_dtype() for k in keys)
+                          if d in _SAFETENSORS_DTYPES]
+        except SafetensorError as e:
+            raise _bad_safetensors(src, e) from None
         tensors, skipped = None, []
     else:
         tensors, skipped = _read_state_dict(src, trust_pickle)
@@ -277,6 +305,7 @@ def single_file_to_folder(src, out, config_from=DEFAULT_CONFIG_FROM, dtype=None,
                                f"local diffusers folder of the same architecture or a preset (--config-from mini); "
                                f"on Colab the default ({DEFAULT_CONFIG_FROM}) downloads SD 1.5's configs.") from None
     pipe.save_pretrained(out, safe_serialization=True)
+    respect_umask(out)
     written = [s for part in (pipe.unet, pipe.vae, pipe.text_encoder) for s in _stats(part.state_dict())]
     return _summary(src, out, f"single file -> diffusers folder (configs from {config_from})", written, skipped)
 

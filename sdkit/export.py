@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .data.files import respect_umask, write_safetensors
 from .methods import PIPELINE_EXPORTS, ExportInfo, make_method
 from .models import is_sdxl_model, resolve_model
 from .run import Run
@@ -66,7 +67,7 @@ def export_pipeline(run, out, checkpoint=None) -> Path:
     pipe = merged_pipeline(run, checkpoint)
     out = Path(out)
     pipe.save_pretrained(out, safe_serialization=True)
-    return out
+    return respect_umask(out)
 
 
 def merged_pipeline(run, checkpoint=None):
@@ -191,11 +192,10 @@ def to_ldm_state_dict(pipe) -> dict:
 
 
 def save_single_file(pipe, out, dtype=torch.float16) -> Path:
-    from safetensors.torch import save_file
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(dtype).contiguous() for k, v in to_ldm_state_dict(pipe).items()}
-    save_file(state, str(out), metadata={"format": "pt", "modelspec.architecture": "stable-diffusion-v1"})
+    write_safetensors(state, out, metadata={"format": "pt", "modelspec.architecture": "stable-diffusion-v1"})
     return out
 
 
@@ -211,10 +211,26 @@ def export(run, format: str = None, out=None, checkpoint=None) -> Path:
                           f"{format!r}. Fix: --format {next(iter(formats))}.")
     if out is None:
         out = run.path / "export" / formats[format].format(name=run.path.name)
+    checkpoint = _checkpoint_to_export(run, checkpoint)
     if format in PIPELINE_EXPORTS:
         return _PIPELINE_WRITERS[format](run, out, checkpoint)
     state, path = trainable_state(run, checkpoint)
     return method.write_export(format, state, out, export_info(run, path))
+
+
+def _checkpoint_to_export(run, checkpoint):
+    """The checkpoint folder `checkpoint` names (None: the latest), or ExportError saying what there is to export."""
+    have = run.checkpoints
+    if not have and checkpoint is None:
+        raise ExportError(f"{run.path}: no checkpoint yet, so there is nothing to export. A run writes one every "
+                          f"checkpoint_every steps and at its end. Fix: train it first (python -m sdkit train --config "
+                          f"{run.path / 'config.yaml'}), or wait for its first checkpoint.")
+    try:
+        return find_checkpoint(run.path, checkpoint or "latest")
+    except FileNotFoundError:
+        fix = f"--checkpoint {have[-1].name}, or leave it out for the latest" if have else "train the run first"
+        raise ExportError(f"--checkpoint {checkpoint}: not a checkpoint of {run.path} (it has "
+                          f"{', '.join(p.name for p in have) or 'none yet'}). Fix: {fix}.") from None
 
 
 def lora_modules(model) -> list:

@@ -98,8 +98,9 @@ def test_conversions_that_cannot_work_say_why(tiny_model, tmp_path):
     with pytest.raises(ConvertError, match="diffusers folder already"):
         convert(tiny_model, tmp_path / "other-folder")
     (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UnsafePickleError, match="not a PyTorch checkpoint"):  # refused too: not known safe
+    with pytest.raises(ConvertError, match="not a PyTorch checkpoint") as e:  # refused: not even a pickle
         convert(tmp_path / "broken.pt", tmp_path / "b.safetensors")
+    assert "--trust-pickle" not in str(e.value)  # no advice to unpickle what is no pickle (issue 16)
     single = convert(tiny_model, tmp_path / "t.safetensors").out
     with pytest.raises(ConvertError, match="--config-from"):  # offline (conftest): the SD 1.5 default is unreachable
         convert(single, tmp_path / "needs-hub")

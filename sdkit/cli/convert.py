@@ -7,21 +7,14 @@
 """
 from __future__ import annotations
 
-import sys
-
-from ..convert import DEFAULT_CONFIG_FROM, DTYPES, ConvertError, UnsafePickleError, convert
-from ..models import ModelNotFound
+from ..convert import DEFAULT_CONFIG_FROM, DTYPES, convert
 
 __all__ = ["add_convert_command"]
 
 
 def _cmd_convert(args):
-    try:
-        summary = convert(args.src, args.out, dtype=args.dtype, trust_pickle=args.trust_pickle,
-                          config_from=args.config_from)
-    except (UnsafePickleError, ConvertError, ModelNotFound, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # ConvertError, UnsafePickleError, a missing file: sdkit.cli.app.main prints the message (exit code 2)
+    summary = convert(args.src, args.out, dtype=args.dtype, trust_pickle=args.trust_pickle, config_from=args.config_from)
     print(summary.text())
     return 0
 

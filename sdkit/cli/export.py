@@ -7,9 +7,7 @@
 """
 from __future__ import annotations
 
-import sys
-
-from ..export import ExportError, export, formats_of
+from ..export import export, formats_of
 from ..registry import method_class, method_names
 from ..train.preflight import preflight
 from .flags import add_config_flags, config_from_args
@@ -37,11 +35,7 @@ def export_formats() -> list:
 
 
 def _cmd_export(args):
-    try:
-        path = export(args.run, args.format, args.out, checkpoint=args.checkpoint)
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    path = export(args.run, args.format, args.out, checkpoint=args.checkpoint)  # ExportError: main says it
     fmt = args.format or next(iter(formats_of(args.run)))
     hint = LOAD_HINTS.get(fmt, "see docs/EXPORT.md").format(path=str(path))
     print(f"wrote {path}\n  load: {hint}")
