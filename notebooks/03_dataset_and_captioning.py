@@ -209,8 +209,11 @@ editor
 # captions name colors.
 #
 # **Aspect-ratio buckets** avoid cropping: pictures are grouped by shape into sizes with about the same pixel count
-# (e.g. 512x512, 576x448, 640x384 at 512 px), and each batch draws from one bucket. `no_upscale` keeps small pictures
-# at their own size instead of enlarging them.
+# (e.g. 512x512, 576x448, 640x384 at 512 px), each picture is resized to *cover* its bucket (a thin strip is cut at
+# most), and every batch draws from one bucket so its tensors stack. Training does this by default
+# (`bucketing=True`; `bucket_step`, `min_bucket_side`, `max_bucket_side`, `bucket_no_upscale` tune it, and
+# `sample_width` / `sample_height` draw non-square samples). `no_upscale` keeps small pictures at their own size
+# instead of enlarging them.
 
 # %%
 buckets = data.make_buckets(512, min_size=256, max_size=1024, step=64)
@@ -218,6 +221,52 @@ print(len(buckets), "buckets, e.g.", buckets[:3], "...", buckets[-3:])
 for size in [(4032, 3024), (1080, 1920), (800, 200), (600, 400)]:
     print(size, "->", data.assign_bucket(size, buckets), "| no upscale ->",
           data.assign_bucket(size, buckets, no_upscale=True))
+
+# %% [markdown]
+# The same pictures both ways. A mixed folder of glyph pictures — square, portrait 1:2 (two stars stacked), landscape
+# 2:1 and a 3:1 panorama — loaded as training would at the mini model's 32 px: center-cropped to a square, and in
+# buckets (`bucket_options(32)`: step 8 px, sides 16–64). Columns: the original, the center crop, the bucket.
+# "Keeps" is the share of the original picture's area that survives resizing and cropping, measured from each
+# sample's `original_size` and `target_size`.
+
+# %%
+from sdkit.data.buckets import bucket_options, bucket_rows, format_bucket_table, kept_fraction
+from sdkit.mini.glyph import write_mixed_glyph_set
+
+MIXED = write_mixed_glyph_set(WORK / "mixed", n=4)   # one picture of each shape, with captions
+mixed_scan = data.scan_folder(MIXED)
+cropped = data.ImageCaptionDataset(mixed_scan, resolution=32)                          # bucketing=False
+bucketed = data.ImageCaptionDataset(mixed_scan, resolution=32, **bucket_options(32))   # bucketing=True (default)
+print(format_bucket_table(bucket_rows(bucketed)))   # what `sdkit data check` prints and RUN/buckets.json records
+
+
+def enlarge(x, scale=3):
+    """(3, h, w) in [-1, 1] -> a PIL image, `scale` times bigger."""
+    im = Image.fromarray(((x.permute(1, 2, 0).numpy() + 1) * 127.5).clip(0, 255).astype("uint8"))
+    return im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+
+
+rows, kept = [], []
+for i in range(len(bucketed)):
+    a, b = cropped[(i, 0)], bucketed[(i, 0)]
+    h, w = a["original_size"]
+    keep = [kept_fraction((w, h), s["target_size"][::-1]) for s in (a, b)]   # target_size is (h, w)
+    kept.append((mixed_scan.items[i][0].name, f"{w}x{h}", keep[0], "x".join(map(str, b["target_size"][::-1])), keep[1]))
+    rows.append([Image.open(mixed_scan.items[i][0]).resize((w * 3, h * 3), Image.NEAREST),
+                 enlarge(a["pixels"]), enlarge(b["pixels"])])
+sheet = Image.new("RGB", (sum(max(r[k].width for r in rows) + 12 for k in range(3)),
+                          sum(max(im.height for im in r) + 12 for r in rows)), "white")
+y = 0
+for r in rows:   # columns: original | center crop | bucket
+    x = 0
+    for k, im in enumerate(r):
+        sheet.paste(im, (x, y))
+        x += max(row[k].width for row in rows) + 12
+    y += max(im.height for im in r) + 12
+display(sheet)
+print(f"{'picture':<14}{'size':>7}{'square crop keeps':>19}{'bucket':>8}{'bucket keeps':>14}")
+for name, size, k_crop, bucket, k_bucket in kept:
+    print(f"{name:<14}{size:>7}{k_crop:>19.0%}{bucket:>8}{k_bucket:>14.0%}")
 
 # %%
 scan = data.scan_folder(CLEAN)
@@ -292,6 +341,17 @@ sdkit.show(run)
 #     f.write_text(captions.make_caption("single", "sks", "star"))
 # print(data.check(single, resolution=32).table())
 # # "N images share the caption 'sks star'": expected for single-token captioning, a mistake for multi-token.
+# ```
+# </details>
+#
+# 4. Train on the mixed folder `MIXED` with buckets (the default) and draw a landscape sample. Where does the run
+# record its buckets?
+# <details><summary>Solution</summary>
+#
+# ```python
+# run = sdkit.train(config.replace(data=str(MIXED), out=str(WORK / "mixed_lora"), steps=20, batch_size=1,
+#                                  sample_width=48, sample_height=24))
+# print((run.path / "buckets.json").read_text())   # the same table `python -m sdkit data check` prints
 # ```
 # </details>
 #
