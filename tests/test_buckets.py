@@ -153,11 +153,13 @@ def test_kill_9_then_resume_with_buckets_equals_uninterrupted(tiny_model, mixed,
                     progress=None)
 
 
-def test_cached_latents_per_bucket_size_give_the_same_training(mixed, base_config):
+def test_cached_latents_per_bucket_size_and_workers_give_the_same_training(mixed, base_config):
     config = base_config.replace(data=str(mixed), steps=3, batch_size=2, sample_at_start=False)
     plain = sdkit.train(config.replace(out=base_config.out + "_plain"), progress=None)
     cached = sdkit.train(config.replace(cache_latents=True, out=base_config.out + "_cached"), progress=None)
     assert max_diff(trained(plain, 3), trained(cached, 3)) < 1e-5
+    workers = sdkit.train(config.replace(num_workers=2, out=base_config.out + "_workers"), progress=None)
+    assert max_diff(trained(plain, 3), trained(workers, 3)) < 1e-6
 
 
 def test_accumulating_micro_batches_of_different_buckets_averages_their_losses(mixed, base_config):
