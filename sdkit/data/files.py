@@ -85,12 +85,25 @@ def respect_umask(path) -> Path:
     checkpoint or export is readable by its owner alone (a shared Drive folder, a web server, a teammate).
     Returns `path`."""
     path = Path(path)
-    mask = os.umask(0)
-    os.umask(mask)
+    mask = current_umask()
     files = [path] if path.is_file() else sorted(path.rglob("*.safetensors")) if path.is_dir() else []
     for f in files:
         os.chmod(f, 0o666 & ~mask)
     return path
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux says it (/proc/self/status), so that no other
+    thread ever creates a file under a momentary umask of 0; elsewhere set and restored at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def write_safetensors(tensors: dict, path, metadata: dict = None) -> Path:
