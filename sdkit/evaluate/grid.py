@@ -82,13 +82,15 @@ class CheckpointSwitcher:
         self.current = name
         return self.pipe
 
-    def settings(self, steps=None, guidance_scale=None, resolution=None, width=None, height=None) -> dict:
+    def settings(self, steps=None, guidance_scale=None, resolution=None, width=None, height=None,
+                 square: bool = False) -> dict:
         """The sampling settings of the run's own samples (its sample_width x sample_height, else its training
-        resolution), unless overridden: `resolution` for a square, `width` / `height` for any size."""
+        resolution), unless overridden: `resolution` or `square=True` (the metrics: their feature extractors read
+        squares) for a square, `width` / `height` for any size."""
         c = self.config
         size = resolution or c.resolution or native_resolution(self.pipe)
-        width = width or (None if resolution else c.sample_width) or size
-        height = height or (None if resolution else c.sample_height) or size
+        width = width or (None if resolution or square else c.sample_width) or size
+        height = height or (None if resolution or square else c.sample_height) or size
         return {"steps": int(steps or c.sample_steps), "guidance_scale": float(
             c.guidance_scale if guidance_scale is None else guidance_scale), "height": int(height),
             "width": int(width), "negative_prompt": c.negative_prompt}

@@ -72,7 +72,7 @@ def evaluate_run(run, prompts=None, seeds=(0, 1, 2, 3), checkpoints="all", extra
     ref_note = str(reference) if reference else "the training images"
 
     switcher = CheckpointSwitcher(run)
-    settings = switcher.settings(steps, guidance_scale)
+    settings = switcher.settings(steps, guidance_scale, square=True)  # square pictures, as the extractors read them
     prompts = list(prompts or cfg.sample_prompts or list(dict.fromkeys(scan.captions))[:2])
     controls = list(control_prompts or control_prompts_for(prompts, cfg.trigger_token))
     seeds = [int(s) for s in seeds]
