@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.files import read_caption
 from ..rng import Stream, epoch_permutation, sample_seed
 
 __all__ = ["PriorPreservation", "ensure_class_images", "images_in", "load_pixels", "control_prompts",
@@ -143,7 +144,7 @@ class PriorPreservation:
         self.class_captions = []
         for p in self.class_paths:
             side = p.with_suffix(c.caption_ext)
-            text = side.read_text(encoding="utf-8").strip() if side.is_file() else ""
+            text = read_caption(side).strip() if side.is_file() else ""
             self.class_captions.append(c.class_prompt or text)
         trainer.message("info", f"prior preservation: {len(self.class_paths)} class images from {folder}, "
                                 f"prior_loss_weight {c.prior_loss_weight:g}")
