@@ -336,3 +336,18 @@ def test_lora_trains_on_the_messy_corpus(corpus, base_config):
     assert run.final_step == 3
     assert any(f"{len(expect['broken'])} file(s) skipped, training on {len(expect['good'])} images" in m
                for m in messages)
+
+
+def test_aspect_warning_knows_the_buckets(tmp_path):
+    """With aspect-ratio buckets (the default) a 5:1 banner keeps 80% of itself in the 4:1 bucket: no warning; a 12:1
+    one keeps 33% and the warning names the bucket limit as the fix. Square crops warn about both."""
+    from sdkit.data.buckets import bucket_options
+    for name, size in (("banner.png", (300, 60)), ("strip.png", (720, 60))):
+        Image.fromarray(_pattern(size[1], size[0], seed=len(name))).save(tmp_path / name)
+        (tmp_path / name).with_suffix(".txt").write_text("a banner")
+    bucketed = [p.message for p in check(tmp_path, resolution=128,
+                                         buckets=bucket_options(128)["buckets"]).problems if "aspect ratio" in p.message]
+    square = [p.message for p in check(tmp_path, resolution=128).problems if "aspect ratio" in p.message]
+    assert len(bucketed) == 1 and "strip.png" in bucketed[0] and "closest bucket keeps only 33%" in bucketed[0]
+    assert "max_bucket_side" in bucketed[0]
+    assert len(square) == 2 and all("a square crop keeps" in m and "bucketing=True" in m for m in square)

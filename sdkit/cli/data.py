@@ -19,12 +19,12 @@ __all__ = ["add_data_commands"]
 
 
 def _cmd_check(args):
+    buckets = {} if args.no_bucketing else bucket_options(args.resolution, args.bucket_step,
+                                                           args.min_bucket_side, args.max_bucket_side)
     report = check(args.dir, resolution=args.resolution, caption_ext=args.caption_ext, trigger=args.trigger or "",
-                   kind=args.kind, layout=args.layout)
+                   kind=args.kind, layout=args.layout, buckets=buckets.get("buckets"))
     print(report.table(show_info=not args.quiet))
     if report.ok and report.scan is not None:  # the bucket table training will use (and record in buckets.json)
-        buckets = {} if args.no_bucketing else bucket_options(args.resolution, args.bucket_step,
-                                                               args.min_bucket_side, args.max_bucket_side)
         ds = ImageCaptionDataset(report.scan, args.resolution, bucket_no_upscale=args.bucket_no_upscale, **buckets)
         report.stats["buckets"] = bucket_rows(ds)
         print("\n" + format_bucket_table(report.stats["buckets"], args.batch_size))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .buckets import kept_fraction
 from .captions import CLIP_CONTEXT, count_tokens, has_trigger
 from .dataset import COLOR_WORDS
 from .files import load_image, relative_path
@@ -155,12 +156,13 @@ def _pixel_hash(im) -> str:
 
 def check(root, resolution: int = 512, caption_ext: str = ".txt", trigger: str = "", kind: str = None,
           layout: str = "auto", near_duplicate_distance: int = 4, color_jitter: float = 0.0,
-          tokenizer=None) -> Report:
+          tokenizer=None, buckets=None) -> Report:
     """Check a data folder; never raises for bad files (only for a folder that does not exist).
 
     resolution: the training resolution (images smaller than it get upscaled). trigger: a token every caption should
     contain. kind: "subject" or "style" for dataset-size advice. near_duplicate_distance: perceptual-hash (pHash)
-    bit distance under which two images count as near duplicates (0-64; 4 is strict)."""
+    bit distance under which two images count as near duplicates (0-64; 4 is strict). buckets: the (width, height)
+    buckets training will use (None: square crops), for the aspect-ratio warning."""
     import imagehash
     scan = scan_folder(root, caption_ext, layout=layout, require_images=False)
     problems = list(scan.problems)
@@ -177,9 +179,13 @@ def check(root, resolution: int = 512, caption_ext: str = ".txt", trigger: str =
                                     f"{resolution}; it will be upscaled and look soft. Fix: use a larger original, "
                                     f"or train at a lower resolution."))
         ar = max(w, h) / min(w, h)
-        if ar > ASPECT_LIMIT:
-            problems.append(Problem(str(path), "warning", f"{R(path)}: aspect ratio {ar:.1f}:1; a square crop keeps "
-                                    f"only {100 / ar:.0f}% of it. Fix: crop it by hand, or use aspect-ratio buckets."))
+        kept = max(kept_fraction((w, h), b) for b in buckets) if buckets else 1 / ar
+        if kept < 1 / ASPECT_LIMIT:
+            where = "its closest bucket" if buckets else "a square crop"
+            fix = ("crop it by hand, or allow longer buckets (max_bucket_side)" if buckets else
+                   "crop it by hand, or train with aspect-ratio buckets (bucketing=True, the default)")
+            problems.append(Problem(str(path), "warning", f"{R(path)}: aspect ratio {ar:.1f}:1; {where} keeps "
+                                    f"only {100 * kept:.0f}% of it. Fix: {fix}."))
         n = count_tokens(caption, tokenizer)
         tokens.append(n)
         if n > CLIP_CONTEXT:
