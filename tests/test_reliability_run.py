@@ -166,6 +166,16 @@ def test_cli_resume_with_another_method_is_one_line_and_exit_2(run4, tmp_path, c
     assert "method cannot change on resume" in err and "start a new run" in err and "Traceback" not in err
 
 
+def test_cli_resume_without_config_continues_the_run_as_it_was(run4, tmp_path, capsys):
+    """`--out RUN --resume latest` (what a stopped run prints) starts from RUN/config.yaml: only the flags given change,
+    and the change is recorded."""
+    out = copy_run(run4, tmp_path)
+    assert main(["train", "--out", str(out), "--resume", "latest", "--steps", "6", "--no-tensorboard"]) == 0
+    records = [json.loads(line) for line in (out / "resume.jsonl").read_text().splitlines()]
+    assert [(r["field"], r["old"], r["new"]) for r in records] == [("steps", 4, 6)]
+    assert sdkit.Run(out).final_step == 6
+
+
 # ---- 3. damaged checkpoints --------------------------------------------------------------------------------------
 def _truncate(path: Path, keep: float = 0.5):
     data = path.read_bytes()

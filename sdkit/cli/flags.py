@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from ..config import TrainConfig, config_fields
 from ..registry import method_class
@@ -53,8 +54,13 @@ def add_config_flags(parser: argparse.ArgumentParser, cls=TrainConfig):
 
 
 def config_from_args(args, cls=TrainConfig):
-    """The config of a parsed command line: --config's file (or the defaults), then the flags given."""
-    base = cls.from_yaml(args.config) if getattr(args, "config", None) else cls()
+    """The config of a parsed command line: --config's file (or the defaults), then the flags given. Resuming a run
+    (`--out RUN --resume latest`) without --config starts from RUN/config.yaml, so only the flags given change."""
+    path = getattr(args, "config", None)
+    if not path and getattr(args, "resume", None) and getattr(args, "out", None):
+        path = Path(args.out) / "config.yaml"
+        path = path if path.is_file() else None
+    base = cls.from_yaml(path) if path else cls()
     names = {f.name for f in dataclasses.fields(cls)}
     changes = {k: v for k, v in vars(args).items() if k in names}
     return dataclasses.replace(base, **changes)
