@@ -13,10 +13,11 @@ sdkit/registry.py) says:
 - how it is exported: `export_formats` (format -> default file name; the first is the default format) and
   `write_export(format, state, out, info)` for the formats that are files of its own (pipeline formats are
   written by sdkit.export from `merge`);
-- what the tools around it need: `supports_sdxl`, `supports_strength`, `prior_preservation_default`, `supports_prior_preservation`,
-  `hub_tags`, `hub_formats`, `display_name`, `card_rows()`, `recipe` (the settings that work on the mini
-  concept), `oom_advice()`, `check_config(config)`, and `trainable_parameters(unet, text_encoder)` (preflight runs
-  the method's own `setup` on meta-device models and counts what would train).
+- what the tools around it need: `supports_sdxl`, `supports_strength`, `prior_preservation_default`,
+  `supports_prior_preservation`, `hub_tags`, `hub_formats`, `display_name`, `card_rows()`, `recipe` (the settings
+  that work on the mini concept), `oom_advice()`, `check_config(config)`, and
+  `trainable_parameters(unet, text_encoder)` (preflight runs the method's own `setup` on meta-device models and
+  counts what would train).
 """
 from __future__ import annotations
 
