@@ -20,8 +20,8 @@ import yaml
 from .fieldspec import FieldSpec, fields_of
 from .registry import method_class, method_names
 
-__all__ = ["TrainConfig", "LoRAConfig", "FullConfig", "DreamBoothConfig", "ConfigError", "GROUPS", "RECORDED_KEYS",
-           "FieldSpec", "config_fields"]
+__all__ = ["read_yaml_mapping", "TrainConfig", "LoRAConfig", "FullConfig", "DreamBoothConfig", "ConfigError",
+           "GROUPS", "RECORDED_KEYS", "FieldSpec", "config_fields"]
 
 # Groups, in the order the form and the docs show them.
 GROUPS = ("model", "data", "method", "optimizer", "saving", "sampling")
@@ -308,20 +308,27 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path) -> "TrainConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist. Fix: pass the config.yaml of a run "
-                              f"(runs/NAME/config.yaml) or a YAML file you wrote.")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e}).") from None
-        if data is not None and not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping of field: value, got {type(data).__name__}.")
-        return cls.from_dict(data or {}, source=str(path))
+        data = read_yaml_mapping(path, "config file", "pass the config.yaml of a run (runs/NAME/config.yaml) or a "
+                                                      "YAML file you wrote")
+        return cls.from_dict(data, source=str(path))
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+
+def read_yaml_mapping(path, what: str, fix: str, error=ConfigError) -> dict:
+    """The mapping in YAML file `path` ({} for an empty file); `error` names the file, what was expected and `fix`
+    when it is missing, not YAML or not a mapping (a run's config.yaml, a search spec)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {path} does not exist. Fix: {fix}.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML ({e}).") from None
+    if data is not None and not isinstance(data, dict):
+        raise error(f"{path}: expected a mapping of field: value, got {type(data).__name__}.")
+    return data or {}
 
 
 def LoRAConfig(**kwargs) -> TrainConfig:

@@ -11,9 +11,8 @@ import os
 import typing
 from pathlib import Path
 
-import yaml
 
-from ..config import ConfigError, TrainConfig
+from ..config import ConfigError, TrainConfig, read_yaml_mapping
 from ..data.scan import DataError, scan_folder
 from ..models import resolve_model
 from .space import NOT_SEARCHABLE, Param, SearchError, coerce, unknown_key
@@ -119,13 +118,8 @@ class SearchSpec:
     @classmethod
     def from_yaml(cls, path) -> "SearchSpec":
         path = Path(path)
-        if not path.is_file():
-            raise SearchError(f"search spec {path} does not exist. Fix: pass a YAML file with base: and space: "
-                              f"(example: examples/search_lr.yaml).")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise SearchError(f"{path}: not valid YAML ({e}).") from None
+        data = read_yaml_mapping(path, "search spec", "pass a YAML file with base: and space: (example: "
+                                                      "examples/search_lr.yaml)", error=SearchError)
         spec = cls.from_dict(data, source=str(path))
         if spec.out is None:
             spec.out = f"runs/search-{path.stem}"
