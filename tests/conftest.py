@@ -1,14 +1,43 @@
 """Shared fixtures: a tiny random SD pipeline (make-tiny) and a folder of 8 captioned PNGs."""
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
+
+
+def trained(run, step):
+    """The trainable tensors of `run` (a Run or its folder) at checkpoint `step`."""
+    return load_file(Path(getattr(run, "path", run)) / "checkpoints" / f"step_{step:06d}" / "trainable.safetensors")
+
+
+def max_diff(a, b):
+    """Largest absolute difference between two state dicts with the same keys."""
+    assert a.keys() == b.keys()
+    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+
+
+def kill_after_checkpoint(cli_args, out: Path, step: int, timeout: float = 300):
+    """Start `python -m sdkit <cli_args> --out out` and kill -9 it as soon as checkpoint `step` exists."""
+    proc = subprocess.Popen([PYTHON, "-m", "sdkit", *cli_args, "--out", str(out)], cwd=ROOT,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not (Path(out) / "checkpoints" / f"step_{step:06d}").is_dir():
+        assert proc.poll() is None, f"run ended before its step-{step} checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
 
 
 def write_captioned_folder(folder: Path, n: int = 8, size: int = 64) -> Path:

@@ -5,16 +5,11 @@ and 2 processes x batch 1 vs 1 x batch 2 give the same batches; accumulation ove
 averages their losses; SDXL's time ids carry each picture's size and its bucket's crop; the run records its bucket
 table, `sdkit data check` prints it, and samples and grids can be drawn at a non-square size."""
 import json
-import os
-import signal
-import subprocess
-import time
 from types import SimpleNamespace
 
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 import sdkit
 from sdkit.cli.app import main as cli_main
@@ -26,7 +21,7 @@ from sdkit.rng import epoch_permutation, sample_seed
 from sdkit.train.batches import BatchPlan
 from sdkit.train.loop import Trainer
 
-from conftest import PYTHON, ROOT
+from conftest import kill_after_checkpoint, max_diff, trained
 
 BUCKETS = [(24, 40), (32, 32), (40, 24), (48, 16)]  # at 32 px: portrait, square, landscape, panorama
 
@@ -35,15 +30,6 @@ BUCKETS = [(24, 40), (32, 32), (40, 24), (48, 16)]  # at 32 px: portrait, square
 def mixed(tmp_path_factory):
     """8 glyph pictures, 2 of each shape: 32x32, 32x64, 64x32, 96x32."""
     return write_mixed_glyph_set(tmp_path_factory.mktemp("data") / "mixed", n=8)
-
-
-def trained(run, step):
-    return load_file(run.path / "checkpoints" / f"step_{step:06d}" / "trainable.safetensors")
-
-
-def max_diff(a, b):
-    assert a.keys() == b.keys()
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
 
 
 def plan(dataset, batch_size, processes=1, index=0, accum=1, seed=0):
@@ -133,16 +119,7 @@ def test_kill_9_then_resume_with_buckets_equals_uninterrupted(tiny_model, mixed,
                                sample_steps=2, tensorboard=False, lr=1e-3, batch_size=2)
     straight = sdkit.train(config.replace(out=str(tmp_path / "straight")), progress=None)
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([PYTHON, "-m", "sdkit", "train", *flags, "--out", str(killed)], cwd=ROOT,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step_000004").is_dir():
-        assert proc.poll() is None, "run ended before its step-4 checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(["train", *flags], killed, 4)
     assert not (killed / "checkpoints" / "step_000008").exists(), "the kill came too late to test anything"
     resumed = sdkit.train(config.replace(out=str(killed), resume="latest"), progress=None)
     assert max_diff(trained(straight, 8), trained(resumed, 8)) <= 1e-5

@@ -6,26 +6,15 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import sdkit
 from sdkit.train import Callback, TrainingError
 from sdkit.train.loop import Trainer
 
-from conftest import PYTHON, ROOT
-
-
-def trained(run, step):
-    return load_file(Path(run) / "checkpoints" / f"step_{step:06d}" / "trainable.safetensors")
-
-
-def max_diff(a, b):
-    assert a.keys() == b.keys()
-    return max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+from conftest import PYTHON, ROOT, kill_after_checkpoint, max_diff, trained
 
 
 def cli(*args, **kw):
@@ -129,16 +118,7 @@ def test_kill_9_then_resume_latest_equals_uninterrupted(tiny_model, data8, tmp_p
     r = cli(*common, "--out", str(straight))
     assert r.returncode == 0, r.stderr
     killed = tmp_path / "killed"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([PYTHON, "-m", "sdkit", *common, "--out", str(killed)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "checkpoints" / "step_000004").is_dir():
-        assert proc.poll() is None, "run ended before its step-4 checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(common, killed, 4)
     assert not (killed / "checkpoints" / "step_000008").exists(), "the kill came too late to test anything"
     r = cli(*common, "--out", str(killed), "--resume", "latest")
     assert r.returncode == 0, r.stderr
