@@ -93,25 +93,24 @@ def write_metrics(trainer, obj: dict) -> None:
 
 class MetricsCallback(Callback):
     """Appends one JSON object per logged step (and per sample/checkpoint event) to metrics.jsonl."""
-    _write = staticmethod(write_metrics)
 
     def on_log(self, trainer, logs):
-        self._write(trainer, logs)
+        write_metrics(trainer, logs)
 
     def on_checkpoint(self, trainer, step, path):
-        self._write(trainer, {"step": step, "event": "checkpoint", "path": str(path), "time": time.time()})
+        write_metrics(trainer, {"step": step, "event": "checkpoint", "path": str(path), "time": time.time()})
 
     def on_sample(self, trainer, step, images, paths):
-        self._write(trainer, {"step": step, "event": "samples", "paths": [str(p) for p in paths],
+        write_metrics(trainer, {"step": step, "event": "samples", "paths": [str(p) for p in paths],
                               "time": time.time()})
 
     def on_validation(self, trainer, step, result):
-        self._write(trainer, {"step": step, "event": "validation", "val_loss": result["val_loss"],
+        write_metrics(trainer, {"step": step, "event": "validation", "val_loss": result["val_loss"],
                               "val_loss_per_t": result["val_loss_per_t"], "val_n": result["val_n"],
                               "time": time.time()})
 
     def on_message(self, trainer, level, text):
-        self._write(trainer, {"step": trainer.step, "event": "message", "level": level, "text": text,
+        write_metrics(trainer, {"step": trainer.step, "event": "message", "level": level, "text": text,
                               "time": time.time()})
 
 
