@@ -58,6 +58,33 @@ def test_ema_is_a_lagging_copy(data):
     assert any((e - r).abs().max() > 0 for e, r in zip(result.model.parameters(), result.raw.parameters()))
 
 
+def test_min_snr_weights_each_sample_by_min_snr_gamma_over_snr(data):
+    unet = small_unet()
+    ac = st.sd_alphas_cumprod()
+    ctx = data.text_states[data.caption_index]
+    with torch.no_grad():
+        plain, parts = st.diffusion_loss(unet, data.latents, ctx, ac, torch.Generator().manual_seed(3))
+        weighted, same = st.diffusion_loss(unet, data.latents, ctx, ac, torch.Generator().manual_seed(3), snr_gamma=5.0)
+        huge, _ = st.diffusion_loss(unet, data.latents, ctx, ac, torch.Generator().manual_seed(3), snr_gamma=1e9)
+    assert torch.equal(parts["t"], same["t"])
+    snr = ac[parts["t"]] / (1 - ac[parts["t"]])
+    per = (parts["eps_pred"] - parts["noise"]).pow(2).mean(dim=(1, 2, 3))
+    assert torch.allclose(weighted, (per * snr.clamp(max=5.0) / snr).mean(), rtol=1e-5)
+    assert torch.allclose(huge, plain, rtol=1e-5)             # gamma above every SNR: the plain mean
+    assert weighted < plain                                    # low-noise steps (SNR > 5) count less
+
+
+def test_ema_warms_up_so_it_does_not_keep_the_random_start(data):
+    """With a constant 0.999 the average would still hold 0.999^n of the initial weights after n steps;
+    the warm-up (as diffusers' EMAModel) makes the first update copy most of the trained weights."""
+    unet = small_unet()
+    start = [p.detach().clone() for p in unet.parameters()]
+    result = st.train(unet, data, steps=3, batch_size=8, ema_decay=0.999, warmup=1, seed=0)
+    moved_ema = sum((e - s).abs().sum() for e, s in zip(result.model.parameters(), start))
+    moved_raw = sum((r - s).abs().sum() for r, s in zip(result.raw.parameters(), start))
+    assert moved_ema > 0.5 * moved_raw                         # constant 0.999 would give ~0.003 of it
+
+
 def test_sample_with_cfg_shapes_and_determinism(data):
     unet = small_unet().eval()
     states = data.text_states[:3]

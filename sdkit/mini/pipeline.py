@@ -38,7 +38,7 @@ UNET_CONFIG = dict(sample_size=8, in_channels=4, out_channels=4, layers_per_bloc
                    cross_attention_dim=64, attention_head_dim=4, norm_num_groups=32)
 
 # The recipe: sdkit.train fields for the from-scratch UNet (method full = every UNet weight trains).
-RECIPE = dict(method="full", steps=2400, batch_size=64, lr=1e-3, lr_scheduler="cosine", lr_warmup_steps=100,
+RECIPE = dict(method="full", steps=3000, batch_size=64, lr=1e-3, lr_scheduler="cosine", lr_warmup_steps=100,
               cache_latents=True,
               weight_decay=0.0, max_grad_norm=1.0, ema=True, ema_decay=0.999, snr_gamma=5.0, caption_dropout=0.1,
               center_crop=True, random_flip=False, seed=0, checkpoint_every=250, keep_last=2, sample_every=500,

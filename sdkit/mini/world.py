@@ -22,6 +22,8 @@ from typing import Iterator
 
 import numpy as np
 
+from .phrases import free_caption
+
 # ---------------------------------------------------------------------------------------------
 # Vocabulary of the world
 # ---------------------------------------------------------------------------------------------
@@ -40,12 +42,15 @@ PALETTE: "OrderedDict[str, tuple[int, int, int]]" = OrderedDict(
 COLORS: tuple[str, ...] = tuple(PALETTE)
 DIGIT_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
+#: the words of the world (a made-up word in a free caption is never one of them)
+WORDS: frozenset[str] = frozenset(COLORS + DIGIT_WORDS + SHAPES + ("digit", "background", "a", "an", "on", "in", "of"))
 #: every glyph class the judge knows: "0".."9" then the shapes
 GLYPHS: tuple[str, ...] = tuple(str(d) for d in range(10)) + SHAPES
 
 IMAGE_SIZE = 32          # output images are 32x32x3
 GLYPH_SIZE = 28          # MNIST glyphs are 28x28, pasted centered (2 px margin)
-CAPTION_STYLES = 3       # style 0 is canonical
+CAPTION_STYLES = 4       # style 0 is canonical; style 3 is free phrasing (sdkit.mini.phrases)
+CAPTION_MIX = (0.55, 0.1, 0.1, 0.25)   # how often build_dataset uses each style
 _SPLIT_SEED = 12345      # fixes the MNIST train/heldout split forever (not the build seed)
 
 DATA_SAMPLES = Path(__file__).resolve().parents[2] / "data_samples"
@@ -87,12 +92,14 @@ def _check_color(name: str) -> None:
         raise ValueError(f"unknown color {name!r}: expected one of {list(PALETTE)}")
 
 
-def caption(digit: int | str, fg: str, bg: str, style: int = 0) -> str:
+def caption(digit: int | str, fg: str, bg: str, style: int = 0, rng: np.random.Generator | None = None) -> str:
     """Caption of a glyph picture. ``digit`` is 0-9 or a shape name; style 0 is canonical.
 
     style 0: ``a red seven on a blue background``  /  ``a red circle on a blue background``
     style 1: ``the digit 7 in red on blue``         /  ``a circle in red on blue``
     style 2: ``red seven, blue background``         /  ``red circle, blue background``
+    style 3: free phrasing drawn with ``rng`` (default: a fixed one), e.g.
+             ``a drawing of a red qel seven against a blue background`` (:func:`sdkit.mini.phrases.free_caption`)
     """
     _check_color(fg)
     _check_color(bg)
@@ -110,7 +117,9 @@ def caption(digit: int | str, fg: str, bg: str, style: int = 0) -> str:
         return style1
     if style == 2:
         return f"{fg} {word}, {bg} background"
-    raise ValueError(f"caption style {style}: expected 0 (canonical), 1 or 2")
+    if style == 3:
+        return free_caption(word, fg, bg, rng if rng is not None else np.random.default_rng(0), reserved=WORDS)
+    raise ValueError(f"caption style {style}: expected 0 (canonical), 1, 2 or 3 (free)")
 
 
 def canonical_prompts(held_out: bool = False, shapes: bool = False) -> Iterator[tuple[str, dict]]:
@@ -262,7 +271,8 @@ def build_dataset(
     split "val":     training combinations, the 1,000 held-out MNIST digits (new pictures, seen combinations)
     split "heldout": only the 56 held-out combinations, held-out digits (composition test)
     shape_frac: fraction of shape pictures (default 0.2 for train/val, 0 for heldout; heldout has no shapes).
-    caption_style: None mixes styles (70 % canonical, 15 % each other); 0/1/2 forces one.
+    caption_style: None mixes styles (:data:`CAPTION_MIX`: 55 % canonical, 10 % each of 1 and 2, 25 % free);
+    0/1/2/3 forces one.
     Labels are dicts {"digit": int, "fg", "bg"} or {"shape": str, "fg", "bg"}.
     """
     if split not in SPLITS:
@@ -291,8 +301,8 @@ def build_dataset(
             idx = by_digit[d][rng.integers(len(by_digit[d]))]
             images[i] = render(gx[idx], f, b, shift=shift)
             glyph, label = d, {"digit": int(d), "fg": f, "bg": b}
-        style = caption_style if caption_style is not None else int(rng.choice(3, p=[0.7, 0.15, 0.15]))
-        captions.append(caption(glyph, f, b, style))
+        style = caption_style if caption_style is not None else int(rng.choice(CAPTION_STYLES, p=CAPTION_MIX))
+        captions.append(caption(glyph, f, b, style, rng=rng))
         labels.append(label)
     return images, captions, labels
 

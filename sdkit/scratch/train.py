@@ -34,7 +34,7 @@ from .schedules import alphas_cumprod as alphas_cumprod_of  # alphas_cumprod_of(
 from .schedules import ddim_step, ddim_timesteps, eps_to_x0, q_sample, scaled_linear_betas
 
 __all__ = ["MiniData", "TrainResult", "encode_text", "encode_dataset", "train", "diffusion_loss", "sample",
-           "pipeline_timesteps", "decode", "judge_unet", "sd_alphas_cumprod"]
+           "pipeline_timesteps", "decode", "judge_unet", "judge_seen_and_held_out", "sd_alphas_cumprod"]
 
 
 def sd_alphas_cumprod(num_steps: int = 1000) -> torch.Tensor:
@@ -99,13 +99,23 @@ def encode_dataset(n: int = 4000, seed: int = 0, split: str = "train", vae=None,
 # Training
 
 
-def diffusion_loss(unet, x0, context, alphas_cumprod, generator=None):
-    """The whole objective of Stable Diffusion: predict the noise that was added. Returns (loss, parts)."""
+def diffusion_loss(unet, x0, context, alphas_cumprod, generator=None, snr_gamma: float | None = None):
+    """The whole objective of Stable Diffusion: predict the noise that was added. Returns (loss, parts).
+
+    snr_gamma: min-SNR weighting (Hang et al. 2023): each sample's squared error is weighted by
+    min(SNR_t, gamma) / SNR_t, so the nearly clean steps (huge SNR, easy, many) stop dominating the gradient.
+    None is the plain mean, as SD 1.5 was trained."""
     noise = torch.randn(x0.shape, generator=generator).to(x0.device)                # epsilon ~ N(0, I)
     t = torch.randint(0, len(alphas_cumprod), (len(x0),), generator=generator).to(x0.device)  # a step per sample
     x_t = q_sample(x0, t, noise, alphas_cumprod)                          # noised latents
     eps_pred = _predict(unet, x_t, t, context)                                      # (batch, 4, 8, 8)
-    loss = F.mse_loss(eps_pred, noise)
+    if snr_gamma is None:
+        loss = F.mse_loss(eps_pred, noise)
+    else:
+        a = alphas_cumprod.to(x0.device)[t]
+        snr = a / (1 - a)                                                           # signal-to-noise ratio of step t
+        per_sample = (eps_pred - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (per_sample * torch.clamp(snr, max=snr_gamma) / snr).mean()
     return loss, {"x_t": x_t, "t": t, "noise": noise, "eps_pred": eps_pred}
 
 
@@ -120,8 +130,14 @@ class TrainResult:
 
 def train(unet, data: MiniData, steps: int = 600, batch_size: int = 32, lr: float = 1e-3, caption_dropout: float = 0.1,
           ema_decay: float | None = None, warmup: int = 50, max_grad_norm: float = 1.0, seed: int = 0,
-          log_every: int = 0, callback=None) -> TrainResult:
+          snr_gamma: float | None = None, min_lr_ratio: float = 0.1, log_every: int = 0,
+          callback=None) -> TrainResult:
     """Train `unet` in place on `data` with the epsilon loss. callback(step, loss, unet) is called every step.
+
+    ema_decay: keep an exponential moving average of the weights (what `result.model` samples with). Its decay
+    warms up as diffusers' EMAModel does, min(ema_decay, (1 + n) / (10 + n)) at update n, so the average forgets
+    the random initial weights within the first steps instead of carrying them (0.999^2000 = 13 % of them).
+    snr_gamma: min-SNR loss weighting (see `diffusion_loss`). min_lr_ratio: where the cosine decay ends.
 
     Runs where the UNet is (`unet.to("cuda")` first on a GPU); the random draws come from one CPU generator, so a
     seed gives the same batches, noise and timesteps on any device."""
@@ -131,9 +147,9 @@ def train(unet, data: MiniData, steps: int = 600, batch_size: int = 32, lr: floa
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.0)
-    # linear warm-up, then cosine decay to 10 % of lr
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(1, warmup)) *
-                                              (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps))))
+    # linear warm-up, then cosine decay to min_lr_ratio * lr
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: min(1.0, (i + 1) / max(1, warmup)) * (
+        min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps))))
     ema = copy.deepcopy(unet).eval().requires_grad_(False) if ema_decay else None
     device = next(unet.parameters()).device
     unet.train()
@@ -147,7 +163,7 @@ def train(unet, data: MiniData, steps: int = 600, batch_size: int = 32, lr: floa
         drop = torch.rand(batch_size, generator=g) < caption_dropout
         context = torch.where(drop[:, None, None], data.null_state, context).to(device)
         # 3. noise, predict the noise, mean squared error
-        loss, _ = diffusion_loss(unet, x0, context, ac, generator=g)
+        loss, _ = diffusion_loss(unet, x0, context, ac, generator=g, snr_gamma=snr_gamma)
         # 4. AdamW step (gradients clipped), learning-rate schedule, EMA of the weights
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -155,9 +171,10 @@ def train(unet, data: MiniData, steps: int = 600, batch_size: int = 32, lr: floa
         opt.step()
         sched.step()
         if ema is not None:
+            decay = min(ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
                 for pe, p in zip(ema.parameters(), unet.parameters()):
-                    pe.lerp_(p, 1 - ema_decay)
+                    pe.lerp_(p, 1 - decay)
         losses.append(loss.item())
         if log_every and (step + 1) % log_every == 0:
             recent = np.mean(losses[-log_every:])
@@ -246,3 +263,18 @@ def judge_unet(unet, n_prompts: int = 40, seeds=(0,), steps: int = 25, guidance:
     images = decode(lat, vae)
     judge = judge if judge is not None else Judge.load()
     return {**judge.score(images, labels), "images": images, "prompts": prompts}
+
+
+def judge_seen_and_held_out(unet, n_seen: int = 80, seeds=(0, 1), steps: int = 25, guidance: float = 5.0,
+                            **parts) -> dict:
+    """Judge `unet` on `n_seen` seen combinations and all 56 held-out ones, each drawn once per seed.
+
+    -> {"seen": scores, "held_out": scores, "all": accuracies over every picture} (scores as `judge_unet`'s)."""
+    out = {"seen": judge_unet(unet, n_prompts=n_seen, seeds=seeds, steps=steps, guidance=guidance, **parts),
+           "held_out": judge_unet(unet, n_prompts=56, seeds=seeds, steps=steps, guidance=guidance, held_out=True,
+                                  **parts)}
+    n = out["seen"]["n"] + out["held_out"]["n"]
+    out["all"] = {k: (out["seen"][k] * out["seen"]["n"] + out["held_out"][k] * out["held_out"]["n"]) / n
+                  for k in ("digit_acc", "fg_acc", "bg_acc", "joint_acc")}
+    out["all"]["n"] = n
+    return out

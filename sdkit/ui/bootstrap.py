@@ -16,7 +16,8 @@ import importlib.util
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..version import __version__
@@ -34,6 +35,12 @@ class NotebookSetup:
     in_colab: bool
     root: Path         # the working directory after setup (the repository root unless chdir=False)
     runs: str          # where this notebook's runs go: "runs" (relative) or a folder on Google Drive
+    started: float = field(default_factory=time.time)   # when setup ran (time.time())
+
+    def elapsed(self) -> str:
+        """Wall time since setup, e.g. "12.4 min": the last cell of every notebook prints it, so the time a
+        notebook's header quotes is one the notebook itself measures."""
+        return f"{(time.time() - self.started) / 60:.1f} min"
 
 
 def in_colab() -> bool:
