@@ -20,11 +20,12 @@
 # 3. How to start, watch and stop training (Train / Stop buttons and the notebook's ■ interrupt).
 # 4. How to look at any run afterwards with `sdkit.show`.
 #
-# **Time and memory budget**
+# **Time and memory budget** (rough: measured on the project's 2-core CPU machine, see docs/TEACHING.md; the GPU
+# row is an estimate. Step 5 prints how long your run trained, and the last cell how long the whole notebook took.)
 #
 # | tier | what trains | time | memory |
 # |---|---|---|---|
-# | Colab T4 (16 GB) | mini pipeline (or tiny), 150 steps | well under a minute | < 1 GB VRAM |
+# | Colab T4 (16 GB) | mini pipeline (or tiny), 150 steps | estimate: under a minute | < 1 GB VRAM |
 # | laptop CPU | mini pipeline (or tiny), 150 steps | about a minute (2 cores) | < 2 GB RAM |
 # | `SDKIT_QUICK=1` (CI) | 8 steps | seconds | < 2 GB RAM |
 #
@@ -128,10 +129,13 @@ run
 #
 # Everything a run has is in its folder: `config.yaml`, `metrics.jsonl`, `samples/step_XXXXXX/`, `checkpoints/`.
 # `sdkit.show` draws any run folder — this one, one written by the command line, or one on Drive after a disconnect —
-# with plain images, so it works after a tab reload too.
+# with plain images, so it works after a tab reload too. The last line says how long this run trained.
 
 # %%
-sdkit.show(run);
+sdkit.show(run)
+steps_done = run.metrics[-1] if run.metrics else {}
+print(f"{run.final_step} steps in {steps_done.get('time', float('nan')):.0f} s of training, samples and checkpoints "
+      f"included (metrics.jsonl's 'time' column)")
 
 # %% [markdown]
 # ## Exercises
@@ -154,9 +158,15 @@ sdkit.show(run);
 # panel.config = config.replace(lr=1e-2, out=f"{RUNS}/tour-lr1e-2")
 # run2 = panel.run()
 # sdkit.show(run2)
+# for r in (run, run2):   # mean loss over the first and the last 10 logged steps, and how much it jumps step to step
+#     loss = [m["loss"] for m in r.metrics]
+#     jumps = [abs(b - a) for a, b in zip(loss, loss[1:])]
+#     print(f"lr {r.config.lr:g}: first 10 {sum(loss[:10]) / 10:.4f}, last 10 {sum(loss[-10:]) / 10:.4f}, "
+#           f"mean jump {sum(jumps) / len(jumps):.4f}")
 # ```
-# The loss falls faster at first and is noisier; with a real dataset, too high a rate shows as a loss that stops
-# falling or samples that degrade.
+# Look at two things: which run's loss falls faster over the first steps, and which one jumps more from step to
+# step. A rate that is too high shows, with a real dataset, as a loss that stops falling or as samples that get
+# worse from one sample step to the next.
 # </details>
 #
 # **3.** Stop a run half-way with ■, then continue it.
@@ -178,3 +188,6 @@ sdkit.show(run);
 # - Change `lora_rank`, `batch_size` or `sample_every` in the form and watch how speed and loss change.
 # - On a GPU, apply the **T4 safe** preset and train `model="sd15"` on your own images (notebook 04 walks you through it).
 # - From a terminal: `python -m sdkit train --help` runs the same loop; `sdkit.show("runs/NAME")` shows its run here.
+
+# %%
+print("notebook time:", NB.elapsed())

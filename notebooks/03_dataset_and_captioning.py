@@ -27,9 +27,14 @@
 # ### Time and memory
 # | where | time | memory |
 # |---|---|---|
-# | Colab T4 (BLIP captioner, 300 LoRA steps on the mini model) | ~3 min | < 2 GB VRAM |
+# | Colab T4 (BLIP captioner, 300 LoRA steps on the mini model) | not measured yet — expect a few minutes | < 2 GB VRAM |
 # | CPU, quick mode (`SDKIT_QUICK=1`: tiny captioner, 20 steps) | ~1 min | < 2 GB RAM |
-# | CPU, full (300 steps) | ~5 min | < 2 GB RAM |
+# | CPU, full (2 cores, 300 steps) | ~5 min | < 2 GB RAM |
+#
+# The CPU times are rough, measured on the project's 2-core VM (see docs/TEACHING.md); the last cell prints this
+# run's own time. Where the text says a fix or an option makes something better (fixing the folder clears its
+# problems, buckets keep more of a picture than a square crop), a cell measures it and prints `claim held:` with the
+# figures.
 
 # %% [markdown]
 # ## Setup
@@ -73,6 +78,8 @@ WORK.mkdir(parents=True)
 # %%
 MESSY = WORK / "messy"
 shutil.copytree("data_samples/subject", MESSY)
+print(len(list(MESSY.glob("*.png"))), "pictures of", Image.open(MESSY / "sks_01.png").size, "px, with",
+      len(list(MESSY.glob("*.txt"))), "captions")
 
 (MESSY / ".ipynb_checkpoints").mkdir()                                          # notebook noise
 shutil.copy(MESSY / "sks_01.png", MESSY / ".ipynb_checkpoints" / "sks_01-checkpoint.png")
@@ -97,6 +104,7 @@ print("\n".join(sorted(str(p.relative_to(MESSY)) for p in MESSY.rglob("*"))))
 # %%
 report = data.check(MESSY, resolution=32, trigger="sks", kind="subject")
 print(report.table())
+before = {s: report.count(s) for s in ("error", "warning")}   # for Step 3's check
 
 # %% [markdown]
 # The same report as thumbnails — red frame: error (crossed tile: could not be read), orange: warning.
@@ -120,7 +128,8 @@ print(json.dumps(json.loads((WORK / "report.json").read_text())["stats"], indent
 #
 # Each message says what to do. We move unreadable files and exact duplicates out of the folder (never delete a
 # learner's data silently), write the missing caption and shorten the long one. The CMYK JPEG needs nothing: sdkit
-# converts every color mode (CMYK, palette, 16-bit, 1-bit, transparency) to RGB when it loads.
+# converts every color mode (CMYK, palette, 16-bit, 1-bit, transparency) to RGB when it loads. The claim: after these
+# fixes the check finds no error and no warning.
 
 # %%
 CLEAN = MESSY                                   # we fix in place
@@ -136,6 +145,9 @@ for p in report.problems:
 report = data.check(CLEAN, resolution=32, trigger="sks", kind="subject")
 print(report.table())
 print("moved aside:", sorted(p.name for p in rejected.iterdir()))
+after = {s: report.count(s) for s in ("error", "warning")}
+print("claim held: the fixes clear every error and warning:", sum(after.values()) == 0 and report.ok,
+      f"(errors {before['error']} -> {after['error']}, warnings {before['warning']} -> {after['warning']})")
 
 # %% [markdown]
 # ## Step 4 · Captions
@@ -143,11 +155,15 @@ print("moved aside:", sorted(p.name for p in rejected.iterdir()))
 # **Tokens, not words.** CLIP reads 77 tokens, including a start and an end token; everything after is cut off
 # without a warning at training time. A token is a piece of a word from CLIP's 49,408-entry vocabulary: common words
 # are one token, made-up words split into pieces (`zqx` is `z` + `qx`). `sks`, the DreamBooth paper's trigger, is a
-# single rare token — that is why it was chosen. Measure instead of guessing:
+# single rare token — that is why it was chosen. Measure instead of guessing (the counts include the start and end
+# tokens; `</w>` marks the end of a word):
 
 # %%
+from sdkit.data.captions import clip_tokenizer
+tokenizer = clip_tokenizer()
+print("CLIP reads", captions.CLIP_CONTEXT, "tokens; vocabulary:", f"{len(tokenizer):,}", "entries")
 for text in ["a star", "sks star", "zqx style", "a lovely bright teal five pointed star", "photorealistic, 8k, masterpiece"]:
-    print(f"{captions.count_tokens(text):3d} tokens  {text!r}")
+    print(f"{captions.count_tokens(text):3d} tokens  {text!r:42s} {tokenizer.tokenize(text)}")
 
 # %% [markdown]
 # **Three captioning modes.** A *single-token* caption (`sks star`) sends everything in the picture to the trigger —
@@ -208,9 +224,10 @@ editor
 # Color jitter (`color_jitter`) would teach wrong colors to a teal star: `check(..., color_jitter=0.1)` warns when
 # captions name colors.
 #
-# **Aspect-ratio buckets** avoid cropping: pictures are grouped by shape into sizes with about the same pixel count
-# (e.g. 512x512, 576x448, 640x384 at 512 px), each picture is resized to *cover* its bucket (a thin strip is cut at
-# most), and every batch draws from one bucket so its tensors stack. Training does this by default
+# **Aspect-ratio buckets** avoid most of the cropping: pictures are grouped by shape into sizes with about the same
+# pixel count (e.g. 512x512, 576x448, 640x384 at 512 px), each picture is resized to *cover* the bucket closest to its
+# shape (only what sticks out past the bucket's shape is cut), and every batch draws from one bucket so its tensors
+# stack. Training does this by default
 # (`bucketing=True`; `bucket_step`, `min_bucket_side`, `max_bucket_side`, `bucket_no_upscale` tune it, and
 # `sample_width` / `sample_height` draw non-square samples). `no_upscale` keeps small pictures at their own size
 # instead of enlarging them.
@@ -218,6 +235,7 @@ editor
 # %%
 buckets = data.make_buckets(512, min_size=256, max_size=1024, step=64)
 print(len(buckets), "buckets, e.g.", buckets[:3], "...", buckets[-3:])
+print("the five closest to square:", sorted(buckets, key=lambda b: abs(np.log(b[0] / b[1])))[:5])
 for size in [(4032, 3024), (1080, 1920), (800, 200), (600, 400)]:
     print(size, "->", data.assign_bucket(size, buckets), "| no upscale ->",
           data.assign_bucket(size, buckets, no_upscale=True))
@@ -227,7 +245,8 @@ for size in [(4032, 3024), (1080, 1920), (800, 200), (600, 400)]:
 # 2:1 and a 3:1 panorama — loaded as training would at the mini model's 32 px: center-cropped to a square, and in
 # buckets (`bucket_options(32)`: step 8 px, sides 16–64). Columns: the original, the center crop, the bucket.
 # "Keeps" is the share of the original picture's area that survives resizing and cropping, measured from each
-# sample's `original_size` and `target_size`.
+# sample's `original_size` and `target_size`. The claim: buckets keep at least as much of every picture as the square
+# crop, and more of every picture that is not square.
 
 # %%
 from sdkit.data.buckets import bucket_options, bucket_rows, format_bucket_table, kept_fraction
@@ -267,6 +286,10 @@ display(sheet)
 print(f"{'picture':<14}{'size':>7}{'square crop keeps':>19}{'bucket':>8}{'bucket keeps':>14}")
 for name, size, k_crop, bucket, k_bucket in kept:
     print(f"{name:<14}{size:>7}{k_crop:>19.0%}{bucket:>8}{k_bucket:>14.0%}")
+is_square = lambda size: len(set(size.split("x"))) == 1
+print("claim held: buckets keep more than a square crop:",
+      all(k_bucket >= k_crop if is_square(size) else k_bucket > k_crop for _, size, k_crop, _, k_bucket in kept),
+      f"(mean kept: square crop {np.mean([k[2] for k in kept]):.0%}, buckets {np.mean([k[4] for k in kept]):.0%})")
 
 # %%
 scan = data.scan_folder(CLEAN)
@@ -304,6 +327,9 @@ print(run)
 
 # %%
 sdkit.show(run)
+
+# %%
+print("notebook time:", NB.elapsed())
 
 # %% [markdown]
 # ## Exercises

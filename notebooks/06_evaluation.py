@@ -25,11 +25,18 @@
 # - choosing the best checkpoint by a stated rule, and exporting it.
 #
 # ### Time and memory
+# Rough figures: the CPU rows were measured on the project's 2-core CPU machine (docs/TEACHING.md), the GPU row is an
+# estimate. The last cell prints how long the notebook took for you.
+#
 # | where | time | memory |
 # |---|---|---|
-# | Colab T4 (mini world, 3 runs of 300 steps; or your own SD 1.5 LoRA run with Hub CLIP/DINO) | ~5 min | < 3 GB VRAM |
+# | Colab T4 (mini world, 3 runs of 300 steps; or your own SD 1.5 LoRA run with Hub CLIP/DINO) | estimate: ~5 min | < 3 GB VRAM |
 # | CPU, quick mode (`SDKIT_QUICK=1`: 40-step runs, 2 prompts × 2 seeds) | ~1-2 min | < 2 GB RAM |
 # | CPU, full (mini world, 3 runs of 300 steps) | ~15 min | < 2 GB RAM |
+#
+# Every claim below that has a direction ("FID falls as n grows", "the gap widens") is measured by a cell that prints
+# the figures and `claim held: True/False`. In quick mode the models barely train: its verdicts mean nothing, only
+# that the code runs.
 
 # %% [markdown]
 # ## Setup
@@ -167,20 +174,31 @@ print(f"memorization {last['memorization']:.3f} (max {last['memorization_max']:.
 # **FID needs many images.** Two sets drawn from the *same* distribution (mini-world pictures, different seeds) should
 # have FID 0. With few pictures it is far from 0, and the bias shrinks only as n grows; KID is unbiased (it scatters
 # around 0) but noisy. So: compare FIDs only at the same n, and never quote a 30-picture FID as a quality number.
+# The cell checks both claims on its own numbers.
 
 # %%
 fid_feature = ev.FeatureModule(EX.image, 64, size=32)          # FID in mini-CLIP space (not Inception's)
+fid_rows = []
 for n in ([8, 32, 64] if QUICK else [8, 32, 128, 512]):
     a, _, _ = world.build_dataset(seed=1, n=n)
     b, _, _ = world.build_dataset(seed=2, n=n)
     r = ev.fid_kid(a, b, fid_feature, subset_size=min(n, 50))
+    fid_rows.append((n, r))
     print(f"n={n:4d}  same distribution: FID {r['fid']:.4f}   KID {r['kid']:+.5f} ± {r['kid_std']:.5f}")
+fids = [r["fid"] for _, r in fid_rows]
+print("claim held: FID falls as n grows:", all(b < a for a, b in zip(fids, fids[1:])),
+      "(" + " -> ".join(f"{f:.4f}" for f in fids) + ")")
+print("claim held: KID within 3 standard deviations of 0 at every n:",
+      all(abs(r["kid"]) <= 3 * r["kid_std"] for _, r in fid_rows),
+      "(" + ", ".join(f"n={n}: {r['kid']:+.5f} ± {r['kid_std']:.5f}" for n, r in fid_rows) + ")")
 
 # %% [markdown]
-# **CLIP score is not a percentage, and it saturates.** The same 32 real mini-world pictures scored against their true
-# captions, against captions with the foreground color wrong, and after heavy pixel noise. A real, correct picture does
-# not score 1: the scale depends on the CLIP model, so compare checkpoints with each other and with the base model, not
-# with a fixed threshold. Read the numbers next to the judge's (a classifier that says right or wrong per picture).
+# **CLIP score is not a percentage.** The same 32 real mini-world pictures scored against their true captions,
+# against captions with the foreground color wrong, and after heavy pixel noise. A real, correct picture does not
+# score 1: the scale depends on the CLIP model, so compare checkpoints with each other and with the base model, not
+# with a fixed threshold. Read the numbers next to the judge's (a classifier that says right or wrong per picture):
+# how far does a wrong color move CLIP-T, compared with the gap between a correct picture and 1? The last lines check
+# the directions: a wrong color and pixel noise should both lower the score.
 
 # %%
 from sdkit.evaluate.metrics import clip_t
@@ -193,11 +211,16 @@ print(f"CLIP-T true captions, pictures with pixel noise (sigma 60): {clip_t(EX, 
 if EX.judge is not None:
     print("judge, clean pictures:", EX.judge.score(imgs, labels))
     print("judge, noisy pictures:", EX.judge.score(noisy, labels))
+ct_true, ct_wrong, ct_noisy = clip_t(EX, imgs, caps), clip_t(EX, imgs, wrong_fg), clip_t(EX, noisy, caps)
+print("claim held: true pictures with true captions score below 1:", ct_true < 1, f"({ct_true:.3f})")
+print("claim held: a wrong foreground color lowers CLIP-T:", ct_wrong < ct_true, f"({ct_true:.3f} -> {ct_wrong:.3f})")
+print("claim held: pixel noise lowers CLIP-T:", ct_noisy < ct_true, f"({ct_true:.3f} -> {ct_noisy:.3f})")
 
 # %% [markdown]
 # ## Step 5 · Reading loss curves: three runs provoked into patterns
 #
-# The training loss draws a new timestep for every sample, so neighboring points differ by ±50 %. `diagnose` smooths it,
+# The training loss draws a new timestep for every sample, so neighboring points jump a lot (the next cell prints by
+# how much in the healthy run). `diagnose` smooths it,
 # fits trends with their standard errors, and — when `evaluate_run` has written `RUN/eval/metrics.json` — uses the
 # deterministic validation loss of each checkpoint. (The source texts say "a loss going down faster and faster means
 # overtrained": that is not the sign. Overtraining is the training loss falling while held-out numbers get worse.)
@@ -205,14 +228,18 @@ if EX.judge is not None:
 # - **healthy**: the run above;
 # - **learning rate too high**: a full fine-tune at lr = 0.05 without gradient clipping;
 # - **too many steps on too few pictures**: a full fine-tune on 3 stars. Its deterministic loss on those 3 training
-#   pictures keeps falling while the loss on the 8 held-out stars rises after the first checkpoint: the gap between
-#   the two curves is what overtraining *is* (on the mini pipeline, 300 steps: training pictures 0.043 → 0.020,
-#   held-out 0.080 → 0.119; docs/BENCHMARKS.md).
+#   pictures should keep falling while the loss on the 8 held-out stars rises after the first checkpoint: the gap
+#   between the two curves is what overtraining *is*.
 #
-# With the `tiny` model (when `data_samples/mini-sd` is missing), or in quick mode (40 steps), the verdicts are only a
-# smoke test; with `mini` and the full 300 steps they are the real patterns.
+# The cell after the plot checks each of these expectations on the three runs and prints the figures. With the `tiny`
+# model (when `data_samples/mini-sd` is missing), or in quick mode (40 steps), the verdicts are only a smoke test; with
+# `mini` and the full 300 steps they are the real patterns.
 
 # %%
+raw = np.array([m["loss"] for m in run.metrics])
+jump = np.abs(np.diff(raw)) / raw[:-1]
+print(f"healthy run, raw loss: one logged step to the next changes it by {100 * np.median(jump):.0f} % (median), "
+      f"{100 * np.percentile(jump, 90):.0f} % or more one time in ten")
 print("healthy:\n" + str(ev.diagnose(run)), "\n")
 
 def provoked(name, **kw):
@@ -254,6 +281,34 @@ fig.tight_layout()
 display(IPImage(data=figure_png(fig)))
 
 # %% [markdown]
+# Did the three runs show the patterns they were provoked into? Each line is computed from the numbers above.
+
+# %%
+def det_rows(r):
+    f = r.path / "eval" / "metrics.json"
+    rows = sorted(json.loads(f.read_text())["checkpoints"].values(), key=lambda x: x["step"]) if f.is_file() else []
+    return [x for x in rows if x["step"] > 0]            # trained checkpoints only
+
+o = det_rows(over)
+if len(o) >= 2:
+    first, last = o[0], o[-1]
+    print("claim held: 3 pictures, full fine-tune: the loss on the training pictures falls after the first checkpoint "
+          "while the held-out loss rises:",
+          last["train_loss_det"] < first["train_loss_det"] and last["val_loss"] > first["val_loss"],
+          f"(training pictures {first['train_loss_det']:.4f} -> {last['train_loss_det']:.4f}, "
+          f"held-out {first['val_loss']:.4f} -> {last['val_loss']:.4f}, steps {first['step']} -> {last['step']})")
+else:
+    print("claim not measurable: the 3-picture run has fewer than two evaluated checkpoints")
+verdicts = {"healthy": ev.diagnose(run).verdict, "lr too high": ev.diagnose(hot).verdict,
+            "3 pictures": ev.diagnose(over).verdict}
+print("claim held: lr = 0.05 without clipping is diagnosed as diverging:", verdicts["lr too high"] == "diverging",
+      f"(verdict {verdicts['lr too high']})")
+print("claim held: the healthy run is neither diverging nor overtraining:",
+      verdicts["healthy"] not in ("diverging", "overtraining"), f"(verdict {verdicts['healthy']})")
+print("claim held: the 3-picture run is diagnosed as overtraining or down-then-up:",
+      verdicts["3 pictures"] in ("overtraining", "down_then_up"), f"(verdict {verdicts['3 pictures']})")
+
+# %% [markdown]
 # ## Step 6 · The best checkpoint, by a stated rule, exported
 #
 # `report["best"]` names the rule and the numbers. The default rule is the lowest deterministic validation loss; with
@@ -263,6 +318,10 @@ display(IPImage(data=figure_png(fig)))
 best = report["best"]
 print(f"best: {best['checkpoint']}  rule: {best['rule']}")
 print(f"  val_loss {best['val_loss']:.4f} (base model {best['base_value']:.4f}), clip_t {best['clip_t']:.3f}, bleeding {best['bleeding']:.4f}")
+print("  is it the last checkpoint?", best["checkpoint"] == run.checkpoints[-1].name,
+      "| ranking:", ", ".join(f"{k} {v:.4f}" for k, v in best["ranking"]))
+print("claim held: fine-tuning lowered the held-out loss below the base model's:", best["val_loss"] < best["base_value"],
+      f"({best['base_value']:.4f} -> {best['val_loss']:.4f})")
 try:
     from sdkit.export import export
     out = export(run, "diffusers", out=WORK / "best_lora", checkpoint=best["checkpoint"])
@@ -280,8 +339,10 @@ print("exported:", out, sorted(p.name for p in Path(out).iterdir()))
 # ```python
 # print(ev.pick_best(report["checkpoints"], "clip_t"))
 # # CLIP-T rewards "looks like a star of the right colors"; the validation loss rewards denoising held-out stars.
-# # They agree when the run is healthy; CLIP-T saturates, so small differences in it are noise.
 # ```
+# Compare the `ranking` lists of the two rules. If they name different checkpoints, look at how far apart the top
+# CLIP-T values are: with a handful of prompts and seeds, a difference in the third decimal is noise, while the
+# validation loss (fixed timesteps and noise) gives the same number for the same weights every time.
 # </details>
 #
 # 2. Measure how much the concept bleeds at LoRA strength 0.5 compared with 1.0 for the last checkpoint.
@@ -296,6 +357,8 @@ print("exported:", out, sorted(p.name for p in Path(out).iterdir()))
 #     e = EX.image(to_uint8(sw.draw(run.checkpoints[-1].name, ctrl, SEEDS, scale=scale, **s), 32))
 #     print(scale, float(1 - (e * base).sum(-1).mean()))
 # ```
+# Look whether half the strength gives about half the bleeding, less than half, or more: the two numbers tell whether
+# you can trade some of the concept for a cleaner class by lowering the strength when you draw.
 # </details>
 #
 # 3. Show that the *training* loss cannot rank two checkpoints: compare the raw loss at the last 5 logged steps with the
@@ -303,13 +366,18 @@ print("exported:", out, sorted(p.name for p in Path(out).iterdir()))
 # <details><summary>Solution</summary>
 #
 # ```python
-# print([round(m["loss"], 3) for m in run.metrics[-5:]])     # jumps by tens of percent step to step
+# print([round(m["loss"], 3) for m in run.metrics[-5:]])     # how much does it jump from one step to the next?
 # print(report["checkpoints"][run.checkpoints[-1].name]["val_loss_per_t"])   # fixed t and noise: one number each
 # ```
+# Look whether the raw losses jump from one step to the next by more than the differences between checkpoints you
+# would want to read from them; the validation losses per timestep come from fixed noise, so they do not jump.
 # </details>
 #
 # ## What to try next
 # - On Colab, your own SD 1.5 LoRA: `ev.evaluate_run(run, extractors=ev.hub_extractors(), reference="my_photos/")`
 #   (CLIP ViT-L/14 for CLIP-T, DINOv2 for subject fidelity; FID needs hundreds of pictures per checkpoint to mean much).
 # - `python -m sdkit eval diagnose RUN` after every run, and resume when it says *still improving*.
-# - Notebook 04/05: train with prior preservation and watch bleeding fall.
+# - Notebook 05: train with and without prior preservation and measure whether bleeding falls.
+
+# %%
+print("notebook time:", NB.elapsed())

@@ -26,11 +26,18 @@
 #   of `.ckpt` files, and a Hub upload folder with its model card.
 #
 # ### Time and memory
+# Rough figures: the CPU rows were measured on the project's 2-core CPU machine (docs/TEACHING.md), the GPU row is an
+# estimate. The last cell prints how long the notebook took for you.
+#
 # | where | time | memory |
 # |---|---|---|
 # | CPU, quick mode (`SDKIT_QUICK=1`: 20 steps per method) | ~3-5 min | < 3 GB RAM |
 # | CPU, full (200 steps per method, batch 8) | ~15-25 min | < 3 GB RAM |
-# | Colab T4 (full) | ~5 min | < 3 GB VRAM |
+# | Colab T4 (full) | estimate: ~5 min | < 3 GB VRAM |
+#
+# The notebook prints every number it talks about, and each claim with a direction ("the hypernetwork moves unrelated
+# pictures most") is checked by a cell that prints the figures and `claim held: True/False`. In quick mode the methods
+# barely train: those verdicts mean nothing, only that the code runs.
 
 # %% [markdown]
 # ## Setup
@@ -140,21 +147,65 @@ ax[1].tick_params(axis="x", rotation=45, labelsize=8); ax[1].legend(fontsize=8)
 plt.tight_layout(); plt.show()
 
 # %% [markdown]
-# **Reading the table** (our full-length run, 200 steps, 4 seeds — docs/BENCHMARKS.md; in quick mode 20 steps
-# are too few for any method to draw the star, and the table shows only that the code runs).
+# **Reading the table.** Read it in full mode (200 steps, 4 seeds); in quick mode 20 steps are too few for any method
+# to draw the star, and the table and the checks below show only that the code runs. What to look for, each point
+# checked by the next cell on this run's numbers:
 #
-# - **Size follows Step 1's counts**: the embedding is 704 bytes, LoKr 0.17 MB, LoRA/LoHa/LoCon ~0.9 MB, the full
-#   fine-tune the whole model (20 MB here; 2 GB for SD 1.5 in fp16).
-# - **Fidelity does not follow size.** LoRA, LoCon, LoHa and the full fine-tune draw the star on every concept prompt;
-#   LoKr, with 15 % of LoRA's parameters, on 3 of 4.
-# - **Textual inversion: fidelity 0 and drift exactly 0.** Only the new word changed, so nothing else can move — but the
-#   frozen model has never drawn a five-pointed star, and no input vector makes it draw one. A new word can only point
-#   at what the model can already draw (on SD 1.5, which can draw almost anything, it works much better).
-# - **The hypernetwork: fidelity 0 and by far the largest drift (0.22).** Its MLPs rewrite the context of *every*
-#   prompt, so it changed the unrelated control pictures most while not learning the outline: why it was used for
-#   styles, and one reason LoRA replaced it.
-# - **Bleeding**: every method that learned the star also turned some *"a glyph"* pictures into stars (class stars
-#   0.5–0.75): the concept taking over its class word, which prior preservation (notebook 05) is for.
+# - **Size follows Step 1's counts**: sort the methods by trainable parameters and the files come out in the same
+#   order, from the embedding (a few vectors) to the full fine-tune (the whole model; for SD 1.5 in fp16 that is
+#   about 2 GB: 1.07 billion parameters × 2 bytes). DoRA is the exception: its file holds dense weight changes
+#   (Step 4 says why).
+# - **Fidelity does not follow size.** The full fine-tune, with the largest file, does not draw the star more often
+#   than LoRA; LoKr, with a fraction of LoRA's parameters, can still learn it.
+# - **Textual inversion: zero drift.** Only the new word changed, so the control pictures (which never use it) cannot
+#   move — but the frozen model has never drawn a five-pointed star, and no input vector makes it draw one: its
+#   fidelity stays below LoRA's. A new word can only point at what the model can already draw (on SD 1.5, which can
+#   draw almost anything, it works much better).
+# - **The hypernetwork: the largest drift.** Its MLPs rewrite the context of *every* prompt, so it changes the
+#   unrelated control pictures more than any other method while learning the outline less well than LoRA: why it
+#   was used for styles, and one reason LoRA replaced it.
+# - **Bleeding**: every method that learned the star also turns some *"a glyph"* pictures into stars, more than the
+#   base model does: the concept taking over its class word, which prior preservation (notebook 05) is for.
+
+# %%
+R = {r["method"]: r for r in rows}
+base_row, lora = R["base model"], R["lora"]
+def claim(text, held, figures):
+    print(f"claim held: {text}: {bool(held)} ({figures})")
+
+by_count = sorted((r for r in rows[1:] if r["method"] != "dora"), key=lambda r: r["trainable"])
+claim("sorting by trainable parameters sorts the files by size (DoRA aside)",
+      all(a["file_bytes"] < b["file_bytes"] for a in by_count for b in by_count if a["trainable"] < b["trainable"]),
+      ", ".join(f"{r['method']} {r['trainable']:,} -> {r['file_bytes']:,} B" for r in by_count))
+if "full" in R:
+    claim("the full fine-tune (largest file) draws the star no more often than LoRA",
+          R["full"]["fidelity"] <= lora["fidelity"],
+          f"full {R['full']['fidelity']:.2f} with {R['full']['file_bytes'] / 1e6:.2f} MB, "
+          f"LoRA {lora['fidelity']:.2f} with {lora['file_bytes'] / 1e6:.2f} MB")
+if "lokr" in R:
+    share = R["lokr"]["trainable"] / lora["trainable"]
+    claim("LoKr learns the star (fidelity >= 0.5) with fewer parameters than LoRA",
+          R["lokr"]["fidelity"] >= 0.5 and share < 1,
+          f"LoKr fidelity {R['lokr']['fidelity']:.2f} with {100 * share:.0f} % of LoRA's parameters; "
+          f"LoRA {lora['fidelity']:.2f}")
+ti = R.get("textual-inversion")
+if ti:
+    claim("textual inversion leaves the control pictures where they were", ti["control_drift"] < 1e-6,
+          f"drift {ti['control_drift']:.2g}")
+    claim("textual inversion's fidelity stays below LoRA's", ti["fidelity"] < lora["fidelity"],
+          f"{ti['fidelity']:.2f} vs {lora['fidelity']:.2f}")
+hn = R.get("hypernetwork")
+if hn:
+    most = max(rows[1:], key=lambda r: r["control_drift"])
+    claim("the hypernetwork moves the control pictures most", most["method"] == "hypernetwork",
+          f"hypernetwork drift {hn['control_drift']:.3f}; largest {most['method']} {most['control_drift']:.3f}")
+    claim("the hypernetwork's fidelity stays below LoRA's", hn["fidelity"] < lora["fidelity"],
+          f"{hn['fidelity']:.2f} vs {lora['fidelity']:.2f}")
+learned = [r for r in rows[1:] if r["fidelity"] >= 0.5]
+claim("every method that learned the star (fidelity >= 0.5) draws more stars for 'a glyph' than the base model",
+      learned and all(r["class_star_rate"] > base_row["class_star_rate"] for r in learned),
+      f"base {base_row['class_star_rate']:.2f}; " + (", ".join(f"{r['method']} {r['class_star_rate']:.2f}"
+                                                              for r in learned) or "no method learned the star"))
 
 # %% [markdown]
 # ## Step 3 · Textual inversion: one new word
@@ -208,6 +259,7 @@ for kind in ("loha", "lokr"):
     rel = float((from_file - trained).abs().max() / trained.abs().max())
     print(f"{kind}: {len(tensors)} tensors; {name.split('_attn2')[0][-20:]}...attn2.to_k has {parts}; "
           f"file vs training: max relative difference {rel:.1e} (fp16 file)")
+    print(f"claim held: {kind}'s file gives the trained update up to fp16 rounding: {rel < 1e-2} ({rel:.1e} < 1e-2)")
 
 # %% [markdown]
 # DoRA trains `W' = m·(W + (α/r)·B A) / ‖W + (α/r)·B A‖` with the norm taken per **output row** (peft). The DoRA code
@@ -229,6 +281,10 @@ lora_file = export(sdkit.Run(WORK / "compare" / "lora"), "kohya", out=WORK / "gl
 print(f"dora: {len(tensors)} layers as .diff; attn2.to_k file vs training: max relative difference {rel:.1e} (fp16)")
 print(f"file sizes: DoRA {dora_file.stat().st_size / 1e6:.2f} MB (dense changes) vs LoRA "
       f"{lora_file.stat().st_size / 1e6:.2f} MB (low-rank pairs)")
+print(f"claim held: DoRA's file gives the trained update up to fp16 rounding: {rel < 1e-2} ({rel:.1e} < 1e-2)")
+print("claim held: the dense DoRA file is larger than the LoRA file:",
+      dora_file.stat().st_size > lora_file.stat().st_size,
+      f"({dora_file.stat().st_size:,} vs {lora_file.stat().st_size:,} bytes)")
 
 # %% [markdown]
 # ## Step 5 · Hypernetworks: where LoRA came from
@@ -237,7 +293,8 @@ print(f"file sizes: DoRA {dora_file.stat().st_size / 1e6:.2f} MB (dense changes)
 # small MLPs that rewrite the text context before every cross-attention's keys and values (`c + mlp(c)`); the UNet's
 # weights never change. LoRA replaced them within months: it adapts the weights of each projection it targets, can be
 # merged (no cost when drawing) and several add up. The export is A1111's `.pt` (plain tensors and strings only:
-# `torch.load(..., weights_only=True)` reads it). Strength 0 is the base model — measured:
+# `torch.load(..., weights_only=True)` reads it). Strength 0 is the base model, and the change grows with the
+# strength — measured:
 
 # %%
 from sdkit.methods.hypernetwork import set_hypernetwork_strength
@@ -248,10 +305,15 @@ print(pt.name, {k: (type(v).__name__ if not isinstance(k, int) else f"{len(v)} M
                 if k in ("layer_structure", "activation_func") or isinstance(k, int)})
 hpipe = hn_run.load_pipeline()
 base_img = np.asarray(generate(load_pipeline(MODEL), [CONCEPT_PROMPTS[0]], [0], steps=SAMPLE_STEPS)[0], float)
+hn_diff = {}
 for s in (0.0, 0.5, 1.0):
     set_hypernetwork_strength(hpipe.unet, s)
     img = np.asarray(generate(hpipe, [CONCEPT_PROMPTS[0]], [0], steps=SAMPLE_STEPS)[0], float)
-    print(f"strength {s}: mean pixel difference from the base model {np.abs(img - base_img).mean():.2f} / 255")
+    hn_diff[s] = np.abs(img - base_img).mean()
+    print(f"strength {s}: mean pixel difference from the base model {hn_diff[s]:.2f} / 255")
+print("claim held: strength 0 draws the base model's picture:", hn_diff[0.0] < 0.5, f"({hn_diff[0.0]:.2f} / 255)")
+print("claim held: the difference grows with strength:", hn_diff[0.0] < hn_diff[0.5] < hn_diff[1.0],
+      "(" + " < ".join(f"{v:.2f}" for v in hn_diff.values()) + ")")
 
 # %% [markdown]
 # ## Step 6 · Full fine-tune, EveryDream style
@@ -306,7 +368,8 @@ print("checkpoints:", [p.name for p in xl.checkpoints], "| export:", export(xl, 
 # Every trial is a real run directory; each checkpoint is scored with the deterministic validation loss on held-out
 # stars, and optuna's median pruner stops a trial that is behind the others at the same step. Samplers: `grid`,
 # `random`, `tpe` (Bayesian). The same spec runs from the command line: `python -m sdkit search examples/search_lr.yaml`.
-# Search the learning rate first, on a log scale: it matters most, and good values span a factor of ten.
+# Search the learning rate first, on a log scale: of all the settings it usually matters most, and the values worth
+# trying span orders of magnitude (here 1e-4 to 1e-2). The last line says how much it mattered here.
 
 # %%
 from sdkit import search
@@ -326,6 +389,11 @@ print(search.summary_table(result))
 from IPython.display import Image as IPImage
 from sdkit.plot import figure_png
 display(IPImage(data=figure_png(search.search_figure(result))))
+done = sorted((t for t in result.trials if t["value"] is not None), key=lambda t: t["value"])
+if len(done) >= 2:
+    print(f"across {len(done)} finished trials the validation loss ran from {done[0]['value']:.5f} "
+          f"(lr {done[0]['params']['lr']:.2g}) to {done[-1]['value']:.5f} (lr {done[-1]['params']['lr']:.2g}): "
+          f"{100 * (done[-1]['value'] / done[0]['value'] - 1):.1f} % apart")
 
 # %% [markdown]
 # ## Step 9 · Converting checkpoints safely
@@ -399,6 +467,8 @@ print((WORK / "upload" / "README.md").read_text()[:1200])
 # print(sum(t.numel() for t in load_file(str(r.latest_checkpoint / "trainable.safetensors")).values()))
 # print(measure(r.load_pipeline(), seeds=SEEDS, steps=SAMPLE_STEPS, detector=detector)["fidelity"])
 # ```
+# Put the two numbers next to LoKr's row in Step 2's table: how many more parameters did the larger factor add, and
+# did fidelity move at all? (Quick mode's 20 steps are too few to read anything here: run it in full mode.)
 # </details>
 #
 # 3. Search `lora_rank` (categorical 4, 8, 16) together with `lr` using `sampler: tpe`. Which matters more?
@@ -409,9 +479,15 @@ print((WORK / "upload" / "README.md").read_text()[:1200])
 #          "sampler": "tpe", "trials": 6, "out": str(WORK / "search2")}
 # print(search.summary_table(search.search(spec2, progress=None)))
 # ```
+# Read the table by columns: hold the rank fixed and see how far the validation loss moves with `lr`, then hold `lr`
+# about fixed and compare ranks. The setting whose changes move the loss further matters more; with 6 trials this is
+# a hint, not a proof.
 # </details>
 #
 # ## What to try next
 # - `python bench/methods_compare.py --steps 200` records the comparison (docs/BENCHMARKS.md has our numbers).
 # - On Colab: the same methods on SD 1.5 with your own pictures; SDXL with the `sdxl-t4-lora` preset (docs/SDXL.md).
 # - docs/CONVERT_AND_HUB.md, docs/SEARCH.md, docs/METHODS_HYPERNETWORK.md for the details.
+
+# %%
+print("notebook time:", NB.elapsed())
