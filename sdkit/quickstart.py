@@ -17,7 +17,7 @@ from .models import PRESETS, data_samples_dir
 from .plot import save_loss_plot
 from .train.loop import train
 
-__all__ = ["quickstart", "write_shapes_folder"]
+__all__ = ["quickstart", "write_shapes_folder", "write_regularization_set"]
 
 SHAPE_COLORS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (235, 210, 40)}
 
@@ -40,6 +40,29 @@ def write_shapes_folder(folder, n: int = 16, size: int = 32, prefix: str = "shap
     return folder
 
 
+def write_regularization_set(model, folder, n: int = 48, steps: int = 25, seed: int = 0, report=None) -> Path:
+    """Pictures the *base* model draws for n mini-world prompts (digits and shapes, each picture's prompt as its
+    caption): kohya's "regularization images", DreamBooth's prior preservation with many class prompts. Trained
+    beside the new concept, they pull every other prompt back to what the base model drew. Reused when present."""
+    from .mini.world import canonical_prompts
+    from .models import load_pipeline
+    from .sample import generate
+
+    folder = Path(folder)
+    if len(list(folder.glob("reg_*.png"))) >= n:
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    pairs = list(canonical_prompts(shapes=True))
+    prompts = [pairs[i][0] for i in np.random.default_rng(seed).choice(len(pairs), n, replace=False)]
+    (report or (lambda m: print(m, flush=True)))(f"regularization set: the base model draws {n} digit and shape prompts into {folder}")
+    for i, (prompt, image) in enumerate(zip(prompts, generate(load_pipeline(model), prompts, [seed], steps=steps,
+                                                              guidance_scale=5.0))):
+        (folder / f"reg_{i:03d}.txt").write_text(prompt + "\n", encoding="utf-8")
+        image.save(folder / f".reg_{i:03d}.png", format="PNG")
+        (folder / f".reg_{i:03d}.png").replace(folder / f"reg_{i:03d}.png")  # a kill never leaves half a picture
+    return folder
+
+
 def quickstart(out="runs/quickstart", steps=None, quick=None):
     """Train a LoRA for a few minutes on CPU (seconds with SDKIT_QUICK=1); print where everything is."""
     quick = os.environ.get("SDKIT_QUICK") == "1" if quick is None else quick
@@ -53,13 +76,22 @@ def quickstart(out="runs/quickstart", steps=None, quick=None):
         model, data = "tiny", write_shapes_folder(Path(out).with_name(Path(out).name + "-data"))
         prompts = ["a red square on a white background", "a blue disc on a white background"]
     steps = steps or (10 if quick else 200)
-    # LoRA on attention + feed-forward + the transformer projections + ResNet convs: a new shape is learned in
-    # ~100 CPU steps on the mini pipeline (attention alone learns colors and words, not a new outline).
-    targets = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2,proj_in,proj_out,conv1,conv2"
+    extra = {}
+    if model == "mini":
+        # LoRA on attention, feed-forward and the transformer projections (a new outline needs more than attention),
+        # with prior preservation on a regularization set: 24 stars alone teach the LoRA to draw stars for every
+        # prompt (unrelated digit prompts 1.00 -> 0.62 joint), because the mini text encoder gives an unseen word like
+        # `sks` almost no meaning of its own (docs/BENCHMARKS.md, "Quickstart colors"); the base model's own pictures
+        # of digits and shapes, trained beside the stars (weight 3), keep those prompts as they were.
+        reg = write_regularization_set(model, Path(out).with_name(Path(out).name + "-regularization"),
+                                       n=8 if quick else 48, steps=5 if quick else 25)
+        extra = dict(prior_preservation=True, class_data=str(reg), num_class_images=8 if quick else 48,
+                     prior_loss_weight=3.0)
+    targets = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2,proj_in,proj_out"
     config = TrainConfig(model=model, data=str(data), method="lora", steps=steps, lr=1e-3, lora_rank=8,
                          lora_targets=targets, cache_latents=True, batch_size=8,
                          sample_every=max(steps // 4, 1), checkpoint_every=max(steps // 4, 1),
-                         sample_prompts=prompts, sample_seeds=[0, 1], out=out)
+                         sample_prompts=prompts, sample_seeds=[0, 1], out=out, **extra)
     out_path = Path(out)
     if (out_path / "checkpoints").is_dir():
         out_path = out_path.with_name(f"{out_path.name}-{time.strftime('%Y%m%d-%H%M%S')}")
