@@ -31,7 +31,7 @@
 # |---|---|---|---|
 # | Colab T4 | full mode | not measured yet — expect a few minutes | < 1 GB VRAM |
 # | CPU, quick mode (`SDKIT_QUICK=1`) | 4 prompts, 2–8 steps, 3 guidance scales | ~1 min | < 2 GB RAM |
-# | CPU, full (2 cores) | 40 prompts, 5–50 steps, 4 samplers, 6 guidance scales | a few minutes | < 2 GB RAM |
+# | CPU, full | 40 prompts, 5–50 steps, 4 samplers, 6 guidance scales | ~3 min (2.5 min on 1 thread, 2026-12-05) | < 2 GB RAM |
 #
 # The CPU times are rough, measured on the project's 2-core VM (see docs/TEACHING.md); the last cell prints this
 # run's own time. Uses the shipped mini pipeline (`data_samples/mini-sd`); without it, a tiny *random* pipeline, which

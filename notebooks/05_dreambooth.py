@@ -34,7 +34,7 @@
 # |---|---|---|
 # | Colab T4, SD 1.5 at 512 px (real path, 400 steps, 100 class images) | not measured yet | the pre-flight in Step 1 estimates it |
 # | CPU, quick mode (`SDKIT_QUICK=1`: 30 steps, 8 class images, 2 seeds) | ~1–2 min | see the last cell |
-# | CPU, full (mini model, 300 steps, 50 class images, 4 seeds) | ~10 min | see the last cell |
+# | CPU, full (mini model, 300 steps, 50 class images, 4 seeds) | ~2–3 min (2.2 min on 1 thread, 2026-12-05) | see the last cell |
 #
 # The CPU times are rough, measured on the project's 2-core VM (see docs/TEACHING.md); the last cell prints this
 # notebook's own time and peak memory on your machine.
