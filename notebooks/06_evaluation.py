@@ -32,7 +32,7 @@
 # |---|---|---|
 # | Colab T4 (mini world, 3 runs of 300 steps; or your own SD 1.5 LoRA run with Hub CLIP/DINO) | estimate: ~5 min | < 3 GB VRAM |
 # | CPU, quick mode (`SDKIT_QUICK=1`: 40-step runs, 2 prompts × 2 seeds) | ~1-2 min | < 2 GB RAM |
-# | CPU, full (mini world, 3 runs of 300 steps) | ~15 min | < 2 GB RAM |
+# | CPU, full (mini world, 3 runs of 300 steps) | ~3 min (2.2 min on 1 thread, 2026-12-05) | < 2 GB RAM |
 #
 # Every claim below that has a direction ("FID falls as n grows", "the gap widens") is measured by a cell that prints
 # the figures and `claim held: True/False`. In quick mode the models barely train: its verdicts mean nothing, only
@@ -188,9 +188,11 @@ for n in ([8, 32, 64] if QUICK else [8, 32, 128, 512]):
 fids = [r["fid"] for _, r in fid_rows]
 print("claim held: FID falls as n grows:", all(b < a for a, b in zip(fids, fids[1:])),
       "(" + " -> ".join(f"{f:.4f}" for f in fids) + ")")
-print("claim held: KID within 3 standard deviations of 0 at every n:",
-      all(abs(r["kid"]) <= 3 * r["kid_std"] for _, r in fid_rows),
-      "(" + ", ".join(f"n={n}: {r['kid']:+.5f} ± {r['kid_std']:.5f}" for n, r in fid_rows) + ")")
+# KID's ± is the spread over random subsets; with n <= 50 there is one subset and no spread, so the check compares
+# KID with FID's bias at the same n instead: an unbiased score stays near 0 where FID is far from it.
+print("claim held: KID stays near 0 where FID is biased (|KID| < FID / 10 at every n):",
+      all(abs(r["kid"]) < r["fid"] / 10 for _, r in fid_rows),
+      "(" + ", ".join(f"n={n}: FID {r['fid']:.4f}, KID {r['kid']:+.5f}" for n, r in fid_rows) + ")")
 
 # %% [markdown]
 # **CLIP score is not a percentage.** The same 32 real mini-world pictures scored against their true captions,
