@@ -13,8 +13,10 @@ import numpy as np
 from PIL import Image
 
 from .config import TrainConfig
-from .models import PRESETS, data_samples_dir
+from .mini.world import canonical_prompts
+from .models import PRESETS, data_samples_dir, load_pipeline
 from .plot import save_loss_plot
+from .sample import generate
 from .train.loop import train
 
 __all__ = ["quickstart", "write_shapes_folder", "write_regularization_set"]
@@ -44,10 +46,6 @@ def write_regularization_set(model, folder, n: int = 48, steps: int = 25, seed: 
     """Pictures the *base* model draws for n mini-world prompts (digits and shapes, each picture's prompt as its
     caption): kohya's "regularization images", DreamBooth's prior preservation with many class prompts. Trained
     beside the new concept, they pull every other prompt back to what the base model drew. Reused when present."""
-    from .mini.world import canonical_prompts
-    from .models import load_pipeline
-    from .sample import generate
-
     folder = Path(folder)
     if len(list(folder.glob("reg_*.png"))) >= n:
         return folder
