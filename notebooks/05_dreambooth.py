@@ -308,12 +308,4 @@ else:
 # - On Colab: the real-path cell with your own subject, then compare its class prompt before and after.
 
 # %%
-print("notebook time:", NB.elapsed())   # the header's time column, measured on this machine
-try:
-    import resource                      # peak memory of this kernel (Linux and macOS; not on Windows)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**30 if sys.platform == "darwin" else 2**20)
-    print(f"peak RAM: {peak:.1f} GB")
-except ImportError:
-    pass
-if torch.cuda.is_available():
-    print(f"peak VRAM: {torch.cuda.max_memory_allocated() / 2**30:.1f} GB")
+print("notebook time:", NB.elapsed(), "|", NB.peak_memory())   # the header's time and memory, measured here

@@ -14,9 +14,9 @@ from PIL import Image
 
 from .config import TrainConfig
 from .mini.world import canonical_prompts
+from .methods.prior import ensure_class_images
 from .models import PRESETS, data_samples_dir, load_pipeline
 from .plot import save_loss_plot
-from .sample import generate
 from .train.loop import train
 
 __all__ = ["quickstart", "write_shapes_folder", "write_regularization_set"]
@@ -42,23 +42,17 @@ def write_shapes_folder(folder, n: int = 16, size: int = 32, prefix: str = "shap
     return folder
 
 
-def write_regularization_set(model, folder, n: int = 48, steps: int = 25, seed: int = 0, report=None) -> Path:
+def write_regularization_set(model, folder, n: int = 48, steps: int = 25, seed: int = 0, report=print) -> Path:
     """Pictures the *base* model draws for n mini-world prompts (digits and shapes, each picture's prompt as its
-    caption): kohya's "regularization images", DreamBooth's prior preservation with many class prompts. Trained
-    beside the new concept, they pull every other prompt back to what the base model drew. Reused when present."""
-    folder = Path(folder)
-    if len(list(folder.glob("reg_*.png"))) >= n:
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
+    caption): kohya's "regularization images", DreamBooth's class images with many prompts. Trained beside the new
+    concept (prior preservation), they pull every other prompt back to what the base model drew. Reused when present."""
     pairs = list(canonical_prompts(shapes=True))
     prompts = [pairs[i][0] for i in np.random.default_rng(seed).choice(len(pairs), n, replace=False)]
-    (report or (lambda m: print(m, flush=True)))(f"regularization set: the base model draws {n} digit and shape prompts into {folder}")
-    for i, (prompt, image) in enumerate(zip(prompts, generate(load_pipeline(model), prompts, [seed], steps=steps,
-                                                              guidance_scale=5.0))):
-        (folder / f"reg_{i:03d}.txt").write_text(prompt + "\n", encoding="utf-8")
-        image.save(folder / f".reg_{i:03d}.png", format="PNG")
-        (folder / f".reg_{i:03d}.png").replace(folder / f"reg_{i:03d}.png")  # a kill never leaves half a picture
-    return folder
+    pipe = load_pipeline(model)
+    pipe.set_progress_bar_config(disable=True)
+    ensure_class_images(pipe, folder, prompts, n, resolution=pipe.unet.config.sample_size * pipe.vae_scale_factor,
+                        steps=steps, report=report)
+    return Path(folder)
 
 
 def quickstart(out="runs/quickstart", steps=None, quick=None):
@@ -79,7 +73,7 @@ def quickstart(out="runs/quickstart", steps=None, quick=None):
         # LoRA on attention, feed-forward and the transformer projections (a new outline needs more than attention),
         # with prior preservation on a regularization set: 24 stars alone teach the LoRA to draw stars for every
         # prompt (unrelated digit prompts 1.00 -> 0.62 joint), because the mini text encoder gives an unseen word like
-        # `sks` almost no meaning of its own (docs/BENCHMARKS.md, "Quickstart colors"); the base model's own pictures
+        # `sks` almost no meaning of its own (docs/BENCHMARKS.md, "Does the quickstart keep color control?"); the base model's own pictures
         # of digits and shapes, trained beside the stars (weight 3), keep those prompts as they were.
         reg = write_regularization_set(model, Path(out).with_name(Path(out).name + "-regularization"),
                                        n=8 if quick else 48, steps=5 if quick else 25)

@@ -21,7 +21,7 @@ def test_quickstart_trains_the_star_beside_a_regularization_set_and_writes_every
     assert (run.path / "loss.png").is_file() and Path(run.grid()).is_file() and run.checkpoints
     # the regularization set: base-model pictures of digit and shape prompts, each with its prompt as caption
     reg = tmp_path / "quickstart-regularization"
-    pngs = sorted(reg.glob("reg_*.png"))
+    pngs = sorted(reg.glob("class_*.png"))
     assert len(pngs) == 8
     captions = [p.with_suffix(".txt").read_text().strip() for p in pngs]
     assert all(c.endswith("background") and "sks" not in c for c in captions), captions
@@ -30,4 +30,4 @@ def test_quickstart_trains_the_star_beside_a_regularization_set_and_writes_every
     assert len(list(reg.iterdir())) == 16
     # a second quickstart reuses the set and does not overwrite the first run
     again = quickstart(out=str(tmp_path / "quickstart"), quick=True)
-    assert again.path != run.path and len(list(reg.glob("reg_*.png"))) == 8
+    assert again.path != run.path and len(list(reg.glob("class_*.png"))) == 8

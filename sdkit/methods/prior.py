@@ -58,30 +58,35 @@ def images_in(folder: Path) -> list:
 
 
 @torch.no_grad()
-def ensure_class_images(pipe, folder, prompt: str, n: int, resolution: int, steps: int = 25,
+def ensure_class_images(pipe, folder, prompt, n: int, resolution: int, steps: int = 25,
                         guidance_scale: float = 5.0, negative_prompt: str = "", batch: int = 8, report=print) -> list:
     """Make sure `folder` holds at least `n` class images; draw the missing ones with `pipe` from `prompt`.
 
-    Image k is drawn with seed k and saved as class_{k:05d}.png (+ .txt with the prompt), so the set is the same
-    whoever draws it, and images already there (any name) count toward `n`. Returns the first n image paths."""
+    prompt: the class prompt, or a list of prompts (image k gets prompt[k % len(prompt)]: a regularization set of
+    many prompts, as kohya's). Image k is drawn with seed k and saved as class_{k:05d}.png (+ .txt with its prompt),
+    so the set is the same whoever draws it, and images already there (any name) count toward `n`. Returns the
+    first n image paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     have = images_in(folder)
     todo = [k for k in range(n * 2 + len(have)) if not (folder / f"class_{k:05d}.png").exists()][: n - len(have)]
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if todo:
-        report(f"class images: drawing {len(todo)} of {n} for {prompt!r} with the base model into {folder} "
+        what = repr(prompts[0]) if len(prompts) == 1 else f"{len(prompts)} prompts"
+        report(f"class images: drawing {len(todo)} of {n} for {what} with the base model into {folder} "
                f"({len(have)} already there)")
         done = 0
         for start in range(0, len(todo), batch):
             ks = todo[start:start + batch]
             gens = [torch.Generator("cpu").manual_seed(k) for k in ks]
-            images = pipe(prompt=[prompt] * len(ks), negative_prompt=[negative_prompt] * len(ks) if negative_prompt
-                          else None, num_inference_steps=steps, guidance_scale=guidance_scale, generator=gens,
+            images = pipe(prompt=[prompts[k % len(prompts)] for k in ks],
+                          negative_prompt=[negative_prompt] * len(ks) if negative_prompt else None,
+                          num_inference_steps=steps, guidance_scale=guidance_scale, generator=gens,
                           height=resolution, width=resolution).images
             for k, im in zip(ks, images):
                 tmp = folder / f".class_{k:05d}.png"
                 im.save(tmp, format="PNG")
-                (folder / f"class_{k:05d}.txt").write_text(prompt + "\n", encoding="utf-8")
+                (folder / f"class_{k:05d}.txt").write_text(prompts[k % len(prompts)] + "\n", encoding="utf-8")
                 tmp.replace(folder / f"class_{k:05d}.png")  # atomic: a kill never leaves half an image
             done += len(ks)
             report(f"class images: {len(have) + done}/{n}")

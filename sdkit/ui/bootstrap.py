@@ -42,6 +42,21 @@ class NotebookSetup:
         notebook's header quotes is one the notebook itself measures."""
         return f"{(time.time() - self.started) / 60:.1f} min"
 
+    def peak_memory(self) -> str:
+        """Peak memory of this kernel so far, e.g. "peak RAM 1.2 GB, peak VRAM 3.1 GB" (RAM on Linux and macOS,
+        VRAM when CUDA is in use): what a notebook's budget table quotes, measured by the notebook."""
+        parts = []
+        try:
+            import resource  # not on Windows
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**30 if sys.platform == "darwin" else 2**20)
+            parts.append(f"peak RAM {peak:.1f} GB")
+        except ImportError:
+            pass
+        torch = sys.modules.get("torch")  # only if the notebook imported it: setup must not pull in torch
+        if torch is not None and torch.cuda.is_available():
+            parts.append(f"peak VRAM {torch.cuda.max_memory_allocated() / 2**30:.1f} GB")
+        return ", ".join(parts) or "peak memory not available here"
+
 
 def in_colab() -> bool:
     return "google.colab" in sys.modules
