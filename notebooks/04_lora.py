@@ -17,13 +17,15 @@
 # ### What you will learn
 # - what a LoRA is: `W + (alpha / rank) · B A`, which layers get one (`lora_targets`), rank, alpha, dropout;
 # - control prompts in the samples from step 0, so *bleeding* shows the moment it starts;
+# - why a LoRA on a new word can move every prompt, and the remedy: a **regularization set** (the base model's own
+#   pictures of other prompts, trained beside the concept: kohya's "regularization images");
 # - measuring the concept (**fidelity**) and what must not change (**control accuracy**) against the steps;
 # - strength at inference (`cross_attention_kwargs={"scale": s}`, `set_adapters`), merging (`fuse_lora`) and unmerging;
 # - exporting: diffusers (`load_lora_weights`) and kohya (A1111 / ComfyUI), checked to draw the same picture;
 # - a small rank × learning-rate sweep.
 #
-# Where the text claims a direction (the concept is learned, unrelated prompts keep their accuracy, a higher rank or
-# learning rate changes the model more), a cell measures it and prints `claim held: True/False` with the figures.
+# Where the text claims a direction (the concept is learned, unrelated prompts keep their accuracy, the regularization
+# set keeps them closer to the base model, a higher rank or learning rate changes the model more), a cell measures it and prints `claim held: True/False` with the figures.
 # In quick mode the models barely train, so its verdicts mean nothing: run full mode to test the claims.
 #
 # ### Time and memory
@@ -31,7 +33,7 @@
 # |---|---|---|
 # | Colab T4, SD 1.5 at 512 px (real path, 800 steps, rank 8) | not measured yet | the pre-flight in Step 2 estimates it |
 # | CPU, quick mode (`SDKIT_QUICK=1`: 40 steps, 2 seeds, a 2 × 2 sweep) | ~1–2 min | see the last cell |
-# | CPU, full (mini model, 300 steps, 4 seeds, a 3 × 3 sweep) | ~15 min | see the last cell |
+# | CPU, full (mini model, 400 steps, 4 seeds, a 3 × 3 sweep of 200 steps) | ~25 min | see the last cell |
 #
 # The CPU times are rough, measured on the project's 2-core VM (see docs/TEACHING.md); the last cell prints this
 # notebook's own time and peak memory on your machine.
@@ -118,9 +120,11 @@ print(f"base model: fidelity {base['fidelity']:.2f}, 'a glyph' is a star {base['
 # - `lora_dropout` — dropout on the LoRA branch while training (0.0–0.1).
 #
 # Here a new *shape* must be learned by a very small UNet. Attention is where the prompt enters and where positions
-# exchange information; the feed-forward and convolution weights do much of the drawing itself, and a new outline
-# may need them too. So this notebook trains all three; whether attention alone would do is exercise 2, which trains
-# one and measures it.
+# exchange information; the feed-forward layers and the transformer's input/output projections (`proj_in`,
+# `proj_out`) do much of the drawing inside each transformer block, and a new outline needs them too. The ResNet
+# convolutions are left out: they are shared by every prompt, and a LoRA there moved unrelated prompts more in the
+# project's measurements (docs/BENCHMARKS.md). Whether attention alone would do is exercise 2, which trains one and
+# measures it. This is the quickstart's recipe, `sdkit.quickstart.GLYPH_LORA`, printed below.
 #
 # The pre-flight below counts the trained parameters and prints what share of the UNet they are, for the mini model
 # and for SD 1.5 with the same targets and rank.
@@ -131,12 +135,13 @@ print(f"base model: fidelity {base['fidelity']:.2f}, 'a glyph' is a star {base['
 # %%
 from sdkit.methods.prior import with_control_prompts
 from sdkit.train.preflight import preflight, t4_preset
+from sdkit.quickstart import GLYPH_LORA, GLYPH_STEPS, REGULARIZATION_IMAGES, write_regularization_set
 
+print("recipe:", GLYPH_LORA)
 config = sdkit.TrainConfig(
-    model=MODEL, data="data_samples/glyph", out=str(WORK / "lora"),
-    lora_rank=8, lora_alpha=8, lr=5e-3, batch_size=4, steps=40 if QUICK else 300,
-    lora_targets="to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2,conv1,conv2",   # attention + feed-forward + LoCon
-    checkpoint_every=10 if QUICK else 50, sample_every=20 if QUICK else 100, sample_steps=STEPS,
+    model=MODEL, data="data_samples/glyph", out=str(WORK / "lora"), steps=40 if QUICK else GLYPH_STEPS,
+    **GLYPH_LORA,    # rank 8 = alpha (scale 1), lr 1e-3, batch 8, attention + feed-forward + proj_in/out
+    checkpoint_every=10 if QUICK else 100, sample_every=20 if QUICK else 100, sample_steps=STEPS,
     sample_prompts=with_control_prompts(CONCEPT_PROMPTS[:2], "glyph"), sample_seeds=[0], tensorboard=False)
 print(config.sample_prompts)
 report = preflight(config)
@@ -148,19 +153,60 @@ print("\nthe same LoRA on SD 1.5 with the T4 preset:\n" + report15.text())
 print(f"on SD 1.5 it trains {report15.params['trained'] / report15.params['unet']:.2%} of the UNet's weights")
 
 # %% [markdown]
-# ## Step 3 · Train
-# Loss and samples update as it runs; every row of the sample grid is one prompt, the last three are the controls.
+# ## Step 3 · Why a new word can move every prompt, and the regularization set
+#
+# The UNet never reads the words: it reads the text encoder's output, one vector per token. A word the encoder never
+# saw in training (`sks`, and `glyph`, which the mini world never uses) gets an embedding nothing has shaped, so the
+# prompt's vectors may differ little from those of prompts the model already knows. Then whatever the LoRA learns
+# for `a red sks glyph on a white background`, it also applies to `a red five on a white background`. The cell below
+# measures how close the encoder puts them (cosine similarity of the output vectors, averaged over the tokens).
+#
+# The remedy, used by kohya ("regularization images") and DreamBooth ("prior preservation"): let the base model draw
+# pictures of many prompts it already knows, here every (foreground, background) color pair twice with digits and
+# shapes in turn, and train on them beside the concept pictures. Their loss (weighted by `prior_loss_weight`)
+# pulls the model back to what it drew before, everywhere except where the concept's captions lead.
 
 # %%
-run = sdkit.train(config)
-sdkit.show(run)
+pipe_tok, pipe_te = base_pipe.tokenizer, base_pipe.text_encoder
+pairs = [("a red sks glyph on a white background", "a red five on a white background"),
+         ("a red sks glyph on a white background", "a blue five on a black background"),
+         ("a red five on a white background", "a red seven on a white background")]
+with torch.no_grad():
+    ids = pipe_tok([t for pair in pairs for t in pair], padding="max_length", max_length=pipe_tok.model_max_length,
+                   truncation=True, return_tensors="pt")
+    states = pipe_te(ids.input_ids)[0]                          # (prompts, 77, hidden): what the UNet reads
+cos = {}
+for i, (a, b) in enumerate(pairs):
+    cos[i] = torch.nn.functional.cosine_similarity(states[2 * i], states[2 * i + 1], dim=-1).mean().item()
+    print(f"{cos[i]:.3f}  {a!r} vs {b!r}")
+print("the encoder puts the sks prompt closer to a digit prompt of the same colors than to one of other colors: "
+      "claim held:", cos[0] > cos[1], f"({cos[0]:.3f} vs {cos[1]:.3f})")
+
+n_reg = 8 if QUICK else REGULARIZATION_IMAGES
+reg_dir = write_regularization_set(MODEL, WORK / "regularization", n=n_reg, steps=STEPS)
+reg = sorted(reg_dir.glob("*.png"))
+print(f"{len(reg)} regularization pictures in {reg_dir}, e.g. {(reg_dir / (reg[0].stem + '.txt')).read_text().strip()!r}")
+display(label_grid([Image.open(p) for p in reg[:8]], ["base model"], [""] * min(8, len(reg)), cell=64))
 
 # %% [markdown]
-# ## Step 4 · Fidelity and bleeding against the steps
+# ## Step 4 · Train
+# Loss and samples update as it runs; every row of the sample grid is one prompt, the last three are the controls.
+# `prior_preservation=True` adds a batch of regularization pictures to every step (the loss curve is their sum).
+# A second run, the same without the regularization set, is what the next step compares it with.
+
+# %%
+config = config.replace(prior_preservation=True, class_data=str(reg_dir), num_class_images=n_reg)
+run = sdkit.train(config)
+sdkit.show(run)
+plain = sdkit.train(config.replace(prior_preservation=False, out=str(WORK / "lora_without_regularization"),
+                                   checkpoint_every=0, sample_every=0, sample_at_start=False), progress=None)
+
+# %% [markdown]
+# ## Step 5 · Fidelity and bleeding against the steps
 #
 # Each checkpoint is loaded on the base model and measured on the same prompts and seeds. Two claims: fidelity
 # should rise, and the judge's accuracy on unrelated prompts should stay at the base model's level (the LoRA learned
-# one thing, not a new way of drawing). Also watch the class word: `glyph` is in every training caption, so the
+# one thing, not a new way of drawing), and closer to it than without the regularization set. Also watch the class word: `glyph` is in every training caption, so the
 # LoRA may teach it the star too — that is *bleeding into the class*, and notebook 05 measures a remedy.
 
 # %%
@@ -191,9 +237,16 @@ print(f"  unrelated prompts kept their accuracy (lost at most 2 of {n_control} p
       f"({first['control_acc']:.2f} -> {last['control_acc']:.2f}, drift {last.get('control_drift', 0):.3f})")
 print(f"  'a glyph' drawn as a star (bleeding into the class): {first['class_star_rate']:.2f} -> "
       f"{last['class_star_rate']:.2f}")
+without = measure(plain.load_pipeline(), base["images"]["control"], seeds=SEEDS, steps=STEPS, detector=detector,
+                  extractors=extractors)
+print("without the regularization set:", f"fidelity {without['fidelity']:.2f}, control accuracy "
+      f"{without['control_acc']:.2f}, drift {without['control_drift']:.3f}")
+print("  the regularization set keeps unrelated prompts closer to the base model (less drift): claim held:",
+      bool(last["control_drift"] < without["control_drift"]),
+      f"({last['control_drift']:.3f} with, {without['control_drift']:.3f} without)")
 
 # %% [markdown]
-# ## Step 5 · Strength, merge and unmerge
+# ## Step 6 · Strength, merge and unmerge
 #
 # Export the LoRA in diffusers format, load it on a fresh base pipeline and draw it at several strengths:
 # `cross_attention_kwargs={"scale": s}` (per call) or `pipe.set_adapters([name], adapter_weights=[s])` (sticky).
@@ -223,7 +276,7 @@ for name, x in (("fused", fused), ("unfused", unfused)):
     print(f"{name} draws what the adapter drew: claim held:", d <= 0.02, f"(max pixel difference {d:.4f})")
 
 # %% [markdown]
-# ## Step 6 · Export for every tool
+# ## Step 7 · Export for every tool
 #
 # - **kohya** (`.safetensors` with `lora_unet_…` / `lora_te_text_model_…` keys, `lora_down`/`lora_up`/`alpha`, `ss_*`
 #   metadata): the only layout AUTOMATIC1111 and ComfyUI both load whole — copy it to `models/Lora` (A1111) or
@@ -253,7 +306,7 @@ d = float(np.abs(drawn["diffusers"] - drawn["kohya"]).max())
 print("diffusers and kohya files draw the same picture: claim held:", d <= 0.02, f"(max pixel difference {d:.4f})")
 
 # %% [markdown]
-# ## Step 7 · A small rank × learning-rate sweep
+# ## Step 8 · A small rank × learning-rate sweep
 #
 # Same seed, same steps, only rank and learning rate change; each run is measured on the same prompts.
 # `bench/lora_sweep.py` runs the bigger version from the command line and writes a table.
@@ -296,7 +349,7 @@ for ax, t, title, vmax in ((axes[0], table, "fidelity", 1), (axes[1], drift, "co
 plt.tight_layout(); plt.show()
 
 # %% [markdown]
-# ## Step 8 · Real path: SD 1.5 on your own pictures (Colab GPU)
+# ## Step 9 · Real path: SD 1.5 on your own pictures (Colab GPU)
 #
 # Runs only when a GPU is present and `SDKIT_REAL=1`. Put your pictures and `.txt` captions (with a rare trigger
 # word, e.g. `sks`) in `MY_DATA` — on Colab, a Google Drive folder survives disconnects.
@@ -332,7 +385,7 @@ else:
 #                                 checkpoint_every=0), progress=None)
 # print(measure(r4.load_pipeline(), seeds=SEEDS, steps=STEPS, detector=detector)["fidelity"])
 # ```
-# Look for the first fidelity to fall below the last row of Step 4's table and the second to come back near it
+# Look for the first fidelity to fall below the last row of Step 5's table and the second to come back near it
 # (in quick mode both runs are too short to tell).
 # </details>
 #
@@ -348,8 +401,8 @@ else:
 # p = sdkit.load_pipeline(MODEL); p.load_lora_weights(str(export(r, "kohya")))
 # print(len(lora_modules(p.unet)))     # the attention projections only, none left out
 # ```
-# Compare the fidelity with the last row of Step 4's table: if attention alone cannot draw the new outline in the
-# same steps, the feed-forward and convolution weights are where this small UNet stores shapes.
+# Compare the fidelity with the last row of Step 5's table: if attention alone cannot draw the new outline in the
+# same steps, the feed-forward layers and projections are where this small UNet stores shapes.
 # </details>
 #
 # 3. Find the smallest strength at which the concept prompt draws a star for most seeds.

@@ -13,15 +13,25 @@ import numpy as np
 from PIL import Image
 
 from .config import TrainConfig
-from .mini.world import canonical_prompts
+from .mini.world import DIGIT_WORDS, SHAPES, canonical_prompts, color_pairs
 from .methods.prior import ensure_class_images
 from .models import PRESETS, data_samples_dir, load_pipeline
 from .plot import save_loss_plot
 from .train.loop import train
 
-__all__ = ["quickstart", "write_shapes_folder", "write_regularization_set"]
+__all__ = ["GLYPH_LORA", "GLYPH_STEPS", "REGULARIZATION_IMAGES", "quickstart", "write_shapes_folder", "regularization_prompts", "write_regularization_set"]
 
 SHAPE_COLORS = {"red": (220, 40, 40), "blue": (40, 80, 220), "green": (40, 170, 60), "yellow": (235, 210, 40)}
+
+
+#: The LoRA recipe the quickstart and notebook 04 share, for the sks glyph on the mini pipeline: rank 8 on attention,
+#: feed-forward and the transformer projections (no ResNet convs: they moved unrelated prompts more), trained beside
+#: a regularization set (prior preservation, weight 3). Measured in docs/BENCHMARKS.md, "Does the quickstart keep
+#: color control?".
+GLYPH_LORA = dict(lora_rank=8, lora_alpha=8, lr=1e-3, batch_size=8, prior_loss_weight=3.0,
+                  lora_targets="to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2,proj_in,proj_out")
+GLYPH_STEPS = 400                 # full training steps
+REGULARIZATION_IMAGES = 112       # base-model pictures: every color pair twice, every glyph kind 5-11 times
 
 
 def write_shapes_folder(folder, n: int = 16, size: int = 32, prefix: str = "shape") -> Path:
@@ -42,12 +52,36 @@ def write_shapes_folder(folder, n: int = 16, size: int = 32, prefix: str = "shap
     return folder
 
 
+def regularization_prompts(n: int, seed: int = 0) -> list:
+    """n canonical mini-world prompts that cover the world evenly: the glyph kinds (10 digits, 4 shapes) in turn,
+    and every (fg, bg) color pair once in each run of 56 pictures, paired at random (seeded). A plain random draw
+    of 48 out of 728 prompts leaves kinds and color pairs out, and those are the prompts the LoRA then moves."""
+    rng = np.random.default_rng(seed)
+    known = {p for p, _ in canonical_prompts(shapes=True)}       # no held-out digit combination
+    kinds = [DIGIT_WORDS[d] for d in range(10)] + list(SHAPES)
+    pairs = color_pairs()
+    prompts, i = [], 0
+    while len(prompts) < n:
+        for j in rng.permutation(len(pairs)):
+            fg, bg = pairs[j]
+            for shift in range(len(kinds)):                          # the next kind this pair is not held out for
+                prompt = f"a {fg} {kinds[(i + shift) % len(kinds)]} on a {bg} background"
+                if prompt in known and prompt not in prompts:
+                    break
+            else:
+                continue                                             # every kind used with this pair: skip it
+            prompts.append(prompt)
+            i += 1
+            if len(prompts) == n:
+                break
+    return prompts
+
+
 def write_regularization_set(model, folder, n: int = 48, steps: int = 25, seed: int = 0, report=print) -> Path:
     """Pictures the *base* model draws for n mini-world prompts (digits and shapes, each picture's prompt as its
     caption): kohya's "regularization images", DreamBooth's class images with many prompts. Trained beside the new
     concept (prior preservation), they pull every other prompt back to what the base model drew. Reused when present."""
-    pairs = list(canonical_prompts(shapes=True))
-    prompts = [pairs[i][0] for i in np.random.default_rng(seed).choice(len(pairs), n, replace=False)]
+    prompts = regularization_prompts(n, seed)
     pipe = load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
     ensure_class_images(pipe, folder, prompts, n, resolution=pipe.unet.config.sample_size * pipe.vae_scale_factor,
@@ -67,21 +101,20 @@ def quickstart(out="runs/quickstart", steps=None, quick=None):
     else:
         model, data = "tiny", write_shapes_folder(Path(out).with_name(Path(out).name + "-data"))
         prompts = ["a red square on a white background", "a blue disc on a white background"]
-    steps = steps or (10 if quick else 200)
-    extra = {}
+    steps = steps or (10 if quick else GLYPH_STEPS)
     if model == "mini":
-        # LoRA on attention, feed-forward and the transformer projections (a new outline needs more than attention),
-        # with prior preservation on a regularization set: 24 stars alone teach the LoRA to draw stars for every
-        # prompt (unrelated digit prompts 1.00 -> 0.62 joint), because the mini text encoder gives an unseen word like
-        # `sks` almost no meaning of its own (docs/BENCHMARKS.md, "Does the quickstart keep color control?"); the base model's own pictures
-        # of digits and shapes, trained beside the stars (weight 3), keep those prompts as they were.
+        # GLYPH_LORA with prior preservation on a regularization set: 24 stars alone teach the LoRA to draw stars for
+        # every prompt (unrelated digit prompts 1.00 -> 0.62 joint), because the mini text encoder gives an unseen
+        # word like `sks` almost no meaning of its own (docs/BENCHMARKS.md, "Does the quickstart keep color
+        # control?"); the base model's own pictures of digits and shapes, trained beside the stars, keep those
+        # prompts as they were.
+        n = 8 if quick else REGULARIZATION_IMAGES
         reg = write_regularization_set(model, Path(out).with_name(Path(out).name + "-regularization"),
-                                       n=8 if quick else 48, steps=5 if quick else 25)
-        extra = dict(prior_preservation=True, class_data=str(reg), num_class_images=8 if quick else 48,
-                     prior_loss_weight=3.0)
-    targets = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2,proj_in,proj_out"
-    config = TrainConfig(model=model, data=str(data), method="lora", steps=steps, lr=1e-3, lora_rank=8,
-                         lora_targets=targets, cache_latents=True, batch_size=8,
+                                       n=n, steps=5 if quick else 25)
+        extra = dict(GLYPH_LORA, prior_preservation=True, class_data=str(reg), num_class_images=n)
+    else:
+        extra = dict(lr=1e-3, lora_rank=8, batch_size=8, lora_targets=GLYPH_LORA["lora_targets"])
+    config = TrainConfig(model=model, data=str(data), method="lora", steps=steps, cache_latents=True,
                          sample_every=max(steps // 4, 1), checkpoint_every=max(steps // 4, 1),
                          sample_prompts=prompts, sample_seeds=[0, 1], out=out, **extra)
     out_path = Path(out)

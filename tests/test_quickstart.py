@@ -31,3 +31,19 @@ def test_quickstart_trains_the_star_beside_a_regularization_set_and_writes_every
     # a second quickstart reuses the set and does not overwrite the first run
     again = quickstart(out=str(tmp_path / "quickstart"), quick=True)
     assert again.path != run.path and len(list(reg.glob("class_*.png"))) == 8
+
+
+def test_regularization_prompts_cover_every_color_pair_and_glyph_kind_without_held_out_combinations():
+    from collections import Counter
+
+    from sdkit.mini.world import DIGIT_WORDS, SHAPES, canonical_prompts, color_pairs
+    from sdkit.quickstart import regularization_prompts
+    known = {p for p, _ in canonical_prompts(shapes=True)}
+    prompts = regularization_prompts(112, seed=0)
+    assert len(prompts) == 112 and len(set(prompts)) == 112 and set(prompts) <= known   # no held-out combination
+    pairs = Counter((p.split()[1], p.split()[-2]) for p in prompts)
+    assert set(pairs) == set(color_pairs()) and set(pairs.values()) == {2}               # each color pair twice
+    kinds = Counter(p.split()[2] for p in prompts)
+    assert set(kinds) == set(DIGIT_WORDS) | set(SHAPES) and min(kinds.values()) >= 4     # every digit and shape
+    assert regularization_prompts(112, seed=0) == prompts != regularization_prompts(112, seed=1)
+    assert regularization_prompts(8, seed=0) == prompts[:8]                              # a prefix: reusable sets
