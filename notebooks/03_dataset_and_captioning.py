@@ -29,7 +29,7 @@
 # |---|---|---|
 # | Colab T4 (BLIP captioner, 300 LoRA steps on the mini model) | not measured yet — expect a few minutes | < 2 GB VRAM |
 # | CPU, quick mode (`SDKIT_QUICK=1`: tiny captioner, 20 steps) | ~1 min | < 2 GB RAM |
-# | CPU, full (2 cores, 300 steps) | ~5 min | < 2 GB RAM |
+# | CPU, full (300 steps) | 0.5 min on one thread (measured 2026-12-05) | < 2 GB RAM |
 #
 # The CPU times are rough, measured on the project's 2-core VM (see docs/TEACHING.md); the last cell prints this
 # run's own time. Where the text says a fix or an option makes something better (fixing the folder clears its
