@@ -3,8 +3,9 @@
 
 Each argument is one variant as JSON: TrainConfig fields over the recipe (sdkit.quickstart.GLYPH_LORA, prior
 preservation on), plus `name`, `n` (regularization pictures, default REGULARIZATION_IMAGES), `regseed` (which draw
-of the regularization prompts, default 0) and `random_set` (true: n prompts drawn at random out of the 728
-canonical ones, the earlier recipe; default false: `regularization_prompts`, every color pair in turn).
+of the regularization prompts, default 0), `model` (a pipeline folder; default the shipped mini pipeline) and
+`random_set` (true: n prompts drawn at random out of the 728 canonical ones, the earlier recipe; default false:
+`regularization_prompts`, every color pair in turn).
 
     python bench/quickstart_variants.py '{"name": "recipe_r1", "regseed": 1}' '{"name": "w5", "prior_loss_weight": 5}'
 
@@ -62,9 +63,10 @@ def main() -> int:
         name, n, seed = kw.pop("name"), kw.pop("n", REGULARIZATION_IMAGES), kw.pop("regseed", 0)
         reg = regularization_set(n, seed, kw.pop("random_set", False))
         fields = dict(GLYPH_LORA, steps=GLYPH_STEPS, prior_preservation=True, class_data=str(reg), num_class_images=n)
+        model = kw.pop("model", "mini")      # a pipeline folder instead of the shipped mini pipeline
         fields.update(kw)
         t0 = time.time()
-        run = train(TrainConfig(model="mini", data=str(ROOT / "data_samples" / "glyph"), method="lora",
+        run = train(TrainConfig(model=model, data=str(ROOT / "data_samples" / "glyph"), method="lora",
                                 cache_latents=True, sample_every=0, checkpoint_every=fields["steps"],
                                 sample_at_start=False, out=str(WORK / f"run_{name}"), **fields), progress=None)
         seconds = time.time() - t0

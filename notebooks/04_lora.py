@@ -17,16 +17,17 @@
 # ### What you will learn
 # - what a LoRA is: `W + (alpha / rank) · B A`, which layers get one (`lora_targets`), rank, alpha, dropout;
 # - control prompts in the samples from step 0, so *bleeding* shows the moment it starts;
-# - why a LoRA on a new word can move every prompt, and the remedy: a **regularization set** (the base model's own
-#   pictures of other prompts, trained beside the concept: kohya's "regularization images");
+# - why a LoRA on a new word can move every prompt, and two remedies: **give the word a meaning first** (a short
+#   textual inversion) and a **regularization set** (the base model's own pictures of other prompts, trained beside
+#   the concept: kohya's "regularization images");
 # - measuring the concept (**fidelity**) and what must not change (**control accuracy**) against the steps;
 # - strength at inference (`cross_attention_kwargs={"scale": s}`, `set_adapters`), merging (`fuse_lora`) and unmerging;
 # - exporting: diffusers (`load_lora_weights`) and kohya (A1111 / ComfyUI), checked to draw the same picture;
 # - a small rank × learning-rate sweep.
 #
-# Where the text claims a direction (the concept is learned, unrelated prompts keep their accuracy, the regularization
-# set keeps more of them right, a higher rank or learning rate changes the model more), a cell measures it and
-# prints `claim held: True/False` with the figures.
+# Where the text claims a direction (the concept is learned, unrelated prompts keep their accuracy, learning the word
+# moves its prompt away from the digits, the remedies keep more unrelated prompts right, a higher rank or learning
+# rate changes the model more), a cell measures it and prints `claim held: True/False` with the figures.
 # In quick mode the models barely train, so its verdicts mean nothing: run full mode to test the claims.
 #
 # ### Time and memory
@@ -154,34 +155,54 @@ print("\nthe same LoRA on SD 1.5 with the T4 preset:\n" + report15.text())
 print(f"on SD 1.5 it trains {report15.params['trained'] / report15.params['unet']:.2%} of the UNet's weights")
 
 # %% [markdown]
-# ## Step 3 · Why a new word can move every prompt, and the regularization set
+# ## Step 3 · Why a new word can move every prompt, and two remedies
 #
 # The UNet never reads the words: it reads the text encoder's output, one vector per token. A word the encoder never
 # saw in training (`sks`, and `glyph`, which the mini world never uses) gets an embedding nothing has shaped, so the
 # prompt's vectors may differ little from those of prompts the model already knows. Then whatever the LoRA learns
 # for `a red sks glyph on a white background`, it also applies to `a red five on a white background`. The cell below
 # measures how close the encoder puts them (cosine similarity of the output vectors, averaged over the tokens).
+# (SD 1.5's CLIP read billions of captions, so `sks` already means something there; the mini encoder read only the
+# mini world's.)
 #
-# The remedy, used by kohya ("regularization images") and DreamBooth ("prior preservation"): let the base model draw
-# pictures of many prompts it already knows, here every (foreground, background) color pair twice with digits and
-# shapes in turn, and train on them beside the concept pictures. Their loss (weighted by `prior_loss_weight`)
-# pulls the model back to what it drew before, everywhere except where the concept's captions lead.
+# Two remedies, used together by the quickstart and here:
+# 1. **Give the word a meaning first.** A short textual-inversion run (notebook 07 explains the method) learns one
+#    vector for `sks` from the concept's pictures, with the UNet and the encoder frozen; the vector goes into the
+#    word's row of the embedding table (`sdkit.quickstart.write_word_pipeline`). Every other prompt encodes exactly
+#    as before, and the concept's prompts now point somewhere of their own. Trained together with a LoRA, this is
+#    what diffusers' advanced DreamBooth script calls *pivotal tuning*; here it runs first, as its own stage.
+# 2. **A regularization set** (kohya's "regularization images", DreamBooth's "prior preservation"): the base model
+#    draws pictures of many prompts it already knows, here every (foreground, background) color pair twice with
+#    digits and shapes in turn, and they train beside the concept pictures; their loss (weighted by
+#    `prior_loss_weight`) pulls the model back to what it drew before.
 
 # %%
-pipe_tok, pipe_te = base_pipe.tokenizer, base_pipe.text_encoder
+from sdkit.quickstart import WORD_STEPS, write_word_pipeline
+
+def encoder_cosines(pipe, pairs):
+    """Mean cosine similarity of the encoder's output vectors for each pair of prompts."""
+    tok, te = pipe.tokenizer, pipe.text_encoder
+    with torch.no_grad():
+        ids = tok([t for pair in pairs for t in pair], padding="max_length", max_length=tok.model_max_length,
+                  truncation=True, return_tensors="pt")
+        states = te(ids.input_ids)[0]                            # (prompts, 77, hidden): what the UNet reads
+    return [torch.nn.functional.cosine_similarity(states[2 * i], states[2 * i + 1], dim=-1).mean().item()
+            for i in range(len(pairs))]
+
 pairs = [("a red sks glyph on a white background", "a red five on a white background"),
          ("a red sks glyph on a white background", "a blue five on a black background"),
          ("a red five on a white background", "a red seven on a white background")]
-with torch.no_grad():
-    ids = pipe_tok([t for pair in pairs for t in pair], padding="max_length", max_length=pipe_tok.model_max_length,
-                   truncation=True, return_tensors="pt")
-    states = pipe_te(ids.input_ids)[0]                          # (prompts, 77, hidden): what the UNet reads
-cos = {}
-for i, (a, b) in enumerate(pairs):
-    cos[i] = torch.nn.functional.cosine_similarity(states[2 * i], states[2 * i + 1], dim=-1).mean().item()
-    print(f"{cos[i]:.3f}  {a!r} vs {b!r}")
+cos = encoder_cosines(base_pipe, pairs)
+for c, (a, b) in zip(cos, pairs):
+    print(f"{c:.3f}  {a!r} vs {b!r}")
 print("the encoder puts the sks prompt closer to a digit prompt of the same colors than to one of other colors: "
       "claim held:", cos[0] > cos[1], f"({cos[0]:.3f} vs {cos[1]:.3f})")
+
+word_model = str(write_word_pipeline(MODEL, "data_samples/glyph", WORK / "base_with_sks",
+                                     steps=10 if QUICK else WORD_STEPS))
+after = encoder_cosines(sdkit.load_pipeline(word_model), pairs)
+print("learning the word moves the sks prompt away from the digit prompt: claim held:", after[0] < cos[0],
+      f"(cosine {cos[0]:.3f} -> {after[0]:.3f}; digit vs digit unchanged: {cos[2]:.3f} -> {after[2]:.3f})")
 
 n_reg = 8 if QUICK else REGULARIZATION_IMAGES
 reg_dir = write_regularization_set(MODEL, WORK / "regularization", n=n_reg, steps=STEPS)
@@ -192,22 +213,23 @@ display(label_grid([Image.open(p) for p in reg[:8]], ["base model"], [""] * min(
 # %% [markdown]
 # ## Step 4 · Train
 # Loss and samples update as it runs; every row of the sample grid is one prompt, the last three are the controls.
-# `prior_preservation=True` adds a batch of regularization pictures to every step (the loss curve is their sum).
-# A second run, the same without the regularization set, is what the next step compares it with.
+# The LoRA trains on the pipeline with `sks` learned; `prior_preservation=True` adds a batch of regularization
+# pictures to every step (the loss curve is their sum). A second run, the plain LoRA on the original model without
+# either remedy, is what the next step compares it with.
 
 # %%
-config = config.replace(prior_preservation=True, class_data=str(reg_dir), num_class_images=n_reg)
+plain = sdkit.train(config.replace(out=str(WORK / "lora_plain"), checkpoint_every=0, sample_every=0,
+                                   sample_at_start=False), progress=None)
+config = config.replace(model=word_model, prior_preservation=True, class_data=str(reg_dir), num_class_images=n_reg)
 run = sdkit.train(config)
 sdkit.show(run)
-plain = sdkit.train(config.replace(prior_preservation=False, out=str(WORK / "lora_without_regularization"),
-                                   checkpoint_every=0, sample_every=0, sample_at_start=False), progress=None)
 
 # %% [markdown]
 # ## Step 5 · Fidelity and bleeding against the steps
 #
 # Each checkpoint is loaded on the base model and measured on the same prompts and seeds. Two claims: fidelity
 # should rise, and the judge's accuracy on unrelated prompts should stay at the base model's level (the LoRA learned
-# one thing, not a new way of drawing), and more of them drawn right than without the regularization set. Drift (how far
+# one thing, not a new way of drawing), and more of them drawn right than with the plain LoRA. Drift (how far
 # the unrelated pictures moved, by mini-CLIP image embedding) is printed too: a picture can move and still be right,
 # so the two need not agree. Also watch the class word: `glyph` is in every training caption, so the
 # LoRA may teach it the star too — that is *bleeding into the class*, and notebook 05 measures a remedy.
@@ -242,9 +264,9 @@ print(f"  'a glyph' drawn as a star (bleeding into the class): {first['class_sta
       f"{last['class_star_rate']:.2f}")
 without = measure(plain.load_pipeline(), base["images"]["control"], seeds=SEEDS, steps=STEPS, detector=detector,
                   extractors=extractors)
-print("without the regularization set:", f"fidelity {without['fidelity']:.2f}, control accuracy "
-      f"{without['control_acc']:.2f}, drift {without['control_drift']:.3f}")
-print("  the regularization set keeps unrelated prompts drawn right (higher control accuracy): claim held:",
+print("plain LoRA (no learned word, no regularization set):", f"fidelity {without['fidelity']:.2f}, control "
+      f"accuracy {without['control_acc']:.2f}, drift {without['control_drift']:.3f}")
+print("  the two remedies keep more unrelated prompts drawn right than the plain LoRA: claim held:",
       bool(last["control_acc"] > without["control_acc"]),
       f"({last['control_acc']:.2f} with, {without['control_acc']:.2f} without)")
 print("  ... and closer to the base model's pictures by mini-CLIP embedding (less drift): claim held:",
