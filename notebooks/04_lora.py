@@ -285,7 +285,7 @@ print("  ... and closer to the base model's pictures by mini-CLIP embedding (les
 # %%
 from sdkit.export import export, lora_modules
 diff_dir = export(run, "diffusers", WORK / "export" / "diffusers")
-pipe = sdkit.load_pipeline(MODEL)
+pipe = sdkit.load_pipeline(config.model)   # the base it trained on: mini + `sks`
 pipe.load_lora_weights(str(diff_dir), adapter_name="glyph")
 scales = [0.0, 0.5, 1.0, 1.5]
 images = []
@@ -313,12 +313,17 @@ for name, x in (("fused", fused), ("unfused", unfused)):
 #
 # Same command line: `python -m sdkit export RUN --format kohya --out FILE`. The check below is what the tests assert:
 # every module in the file becomes a LoRA layer, and both files draw the same picture (at most 0.02 apart).
+#
+# This LoRA was trained on the pipeline where `sks` has its learned vector (Step 3), so it is loaded on that one here;
+# ship the word with it. In AUTOMATIC1111 or ComfyUI that is an embedding file named after the word, exported from
+# stage 1's run: `python -m sdkit export runs/nb04/base_with_sks-run --format embedding --out sks.safetensors`
+# (`models/embeddings`; the prompt's `sks` then uses it), or ship the saved pipeline folder `runs/nb04/base_with_sks`.
 
 # %%
 kohya = export(run, "kohya", WORK / "export" / "glyph.safetensors")
 drawn = {}
 for name, path in (("diffusers", diff_dir), ("kohya", kohya)):
-    p = sdkit.load_pipeline(MODEL)
+    p = sdkit.load_pipeline(config.model)
     p.load_lora_weights(str(path))
     drawn[name] = np.asarray(generate(p, [CONCEPT_PROMPTS[0]], [0], steps=STEPS)[0], dtype=np.float32) / 255
     loaded = len(lora_modules(p.unet)) + len(lora_modules(p.text_encoder))
