@@ -35,7 +35,7 @@
 # |---|---|---|
 # | Colab T4, SD 1.5 at 512 px (real path, 800 steps, rank 8) | not measured yet | the pre-flight in Step 2 estimates it |
 # | CPU, quick mode (`SDKIT_QUICK=1`: 40 steps, 2 seeds, a 2 × 2 sweep) | ~1–2 min | see the last cell |
-# | CPU, full (mini model, 400 steps, 4 seeds, a 3 × 3 sweep of 200 steps) | ~12 min on one thread | see the last cell |
+# | CPU, full (mini model, 400 + 400 steps, 4 seeds, a 3 × 3 sweep of 200 steps) | ~12–16 min | see the last cell |
 #
 # The CPU times are rough, measured on the project's 2-core VM (see docs/TEACHING.md); the last cell prints this
 # notebook's own time and peak memory on your machine.
