@@ -29,11 +29,9 @@ import torch  # noqa: E402
 
 from quickstart_colors import GUIDANCE, SEEDS, STEPS, colors_right, concept_pairs, digits_right  # noqa: E402
 from sdkit.config import TrainConfig  # noqa: E402
-from sdkit.methods.prior import ensure_class_images  # noqa: E402
 from sdkit.mini.concept import StarDetector  # noqa: E402
 from sdkit.mini.judge import Judge  # noqa: E402
 from sdkit.mini.world import canonical_prompts  # noqa: E402
-from sdkit.models import load_pipeline  # noqa: E402
 from sdkit.quickstart import GLYPH_LORA, GLYPH_STEPS, REGULARIZATION_IMAGES, write_regularization_set  # noqa: E402
 from sdkit.sample import generate  # noqa: E402
 from sdkit.train.loop import train  # noqa: E402
@@ -43,15 +41,11 @@ WORK = Path("/tmp/sdkit-variants")
 
 def regularization_set(n: int, seed: int, random_set: bool) -> Path:
     folder = WORK / f"reg_{'random' if random_set else 'even'}{n}_s{seed}"
-    if not random_set:
-        return write_regularization_set("mini", folder, n=n, seed=seed, report=lambda *a: None)
-    pairs = list(canonical_prompts(shapes=True))
-    prompts = [pairs[i][0] for i in np.random.default_rng(seed).choice(len(pairs), n, replace=False)]
-    pipe = load_pipeline("mini")
-    pipe.set_progress_bar_config(disable=True)
-    ensure_class_images(pipe, folder, prompts, n, resolution=pipe.unet.config.sample_size * pipe.vae_scale_factor,
-                        steps=25, report=lambda *a: None)
-    return folder
+    prompts = None                                   # write_regularization_set's own: every color pair in turn
+    if random_set:
+        pairs = list(canonical_prompts(shapes=True))
+        prompts = [pairs[i][0] for i in np.random.default_rng(seed).choice(len(pairs), n, replace=False)]
+    return write_regularization_set("mini", folder, n=n, seed=seed, prompts=prompts, report=lambda *a: None)
 
 
 def main() -> int:

@@ -85,11 +85,13 @@ def regularization_prompts(n: int, seed: int = 0) -> list:
     return prompts
 
 
-def write_regularization_set(model, folder, n: int = 48, steps: int = 25, seed: int = 0, report=print) -> Path:
+def write_regularization_set(model, folder, n: int = 48, steps: int = 25, seed: int = 0, prompts=None,
+                             report=print) -> Path:
     """Pictures the *base* model draws for n mini-world prompts (digits and shapes, each picture's prompt as its
     caption): kohya's "regularization images", DreamBooth's class images with many prompts. Trained beside the new
-    concept (prior preservation), they pull every other prompt back to what the base model drew. Reused when present."""
-    prompts = regularization_prompts(n, seed)
+    concept (prior preservation), they pull every other prompt back to what the base model drew. Reused when present.
+    prompts: the list to draw (one per picture, cycling); default regularization_prompts(n, seed)."""
+    prompts = regularization_prompts(n, seed) if prompts is None else prompts
     pipe = load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
     ensure_class_images(pipe, folder, prompts, n, resolution=pipe.unet.config.sample_size * pipe.vae_scale_factor,
@@ -159,12 +161,12 @@ def quickstart(out="runs/quickstart", steps=None, quick=None):
         n = 8 if quick else REGULARIZATION_IMAGES
         reg = write_regularization_set(model, Path(out).with_name(Path(out).name + "-regularization"),
                                        n=n, steps=5 if quick else 25)
-        extra = dict(GLYPH_LORA, prior_preservation=True, class_data=str(reg), num_class_images=n)
+        extra = dict(prior_preservation=True, class_data=str(reg), num_class_images=n)
     else:
-        extra = dict(lr=1e-3, lora_rank=8, batch_size=8, lora_targets=GLYPH_LORA["lora_targets"])
+        extra = {}
     config = TrainConfig(model=model, data=str(data), method="lora", steps=steps, cache_latents=True,
                          sample_every=max(steps // 4, 1), checkpoint_every=max(steps // 4, 1),
-                         sample_prompts=prompts, sample_seeds=[0, 1], out=out, **extra)
+                         sample_prompts=prompts, sample_seeds=[0, 1], out=out, **GLYPH_LORA, **extra)
     out_path = Path(out)
     if (out_path / "checkpoints").is_dir():
         out_path = out_path.with_name(f"{out_path.name}-{time.strftime('%Y%m%d-%H%M%S')}")
